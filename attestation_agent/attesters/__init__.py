@@ -1,0 +1,1 @@
+"""TEE attesters: one per platform behind one interface (see ``base``)."""

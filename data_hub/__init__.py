@@ -1,0 +1,1 @@
+"""CAI sidecar suite."""
