@@ -82,7 +82,7 @@ class AaClient:
                                {"runtime_data": b64url_encode(report_data), "encoding": "base64"})
         return _json_object(body, "additional evidence") if body else {}
 
-    async def token(self, token_type: str = "kbs") -> dict[str, Any]:
+    async def token(self, token_type: str = "kbs") -> dict[str, Any]:  # noqa: S107 - a type name
         return _json_object(await self._get("/aa/token", {"token_type": token_type}), "token")
 
 

@@ -165,7 +165,7 @@ class KbsClient:
                 body = await read_body_limited(resp, limit, what=f"KBS response to {method} /kbs/v0/{_route(path)}")
                 reply = _Reply(resp.status, body, resp.headers.getall("Set-Cookie", []))
         except BodyTooLarge as exc:
-            raise ProtocolError(str(exc), hint=f"check that {self.base_url} is a Trustee KBS") from None
+            raise ProtocolError(exc.message, hint=f"check that {self.base_url} is a Trustee KBS") from None
         except TimeoutError:
             raise KbsUnavailableError(f"KBS at {self.base_url} did not answer {method} /kbs/v0/{_route(path)} "
                                       f"within {self.config.timeout:g} s",

@@ -60,8 +60,9 @@ def test_jwe_decrypt_structured_garbage(members, extra):
 @given(json_values, st.sampled_from(list(Dialect)))
 def test_server_parsers_reject_cleanly(value, dialect):
     body = json.dumps(value)
-    for parse in (lambda b: messages.parse_auth_request(b, dialect), lambda b: messages.parse_attest_request(b, dialect),
-                  messages.parse_challenge, messages.parse_attest_response, messages.parse_additional_evidence):
+    for parse in (lambda b: messages.parse_auth_request(b, dialect),
+                  lambda b: messages.parse_attest_request(b, dialect), messages.parse_challenge,
+                  messages.parse_attest_response, messages.parse_additional_evidence):
         try:
             parse(body)
         except ProtocolError:

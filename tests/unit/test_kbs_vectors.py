@@ -9,10 +9,9 @@ import json
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from attestation_agent.attesters.sample import SampleAttester
+from attestation_agent.attesters.sample import SampleAttester, SampleDeviceAttester
 from attestation_agent.errors import JweError
 from attestation_agent.evidence import LocalEvidence, compose
-from attestation_agent.attesters.sample import SampleDeviceAttester
 from attestation_agent.kbs import canonical, jwe, messages
 from attestation_agent.kbs.dialect import Dialect
 from attestation_agent.kbs.tee_key import KeyAlgorithm, TeeKey
@@ -204,5 +203,5 @@ async def test_composite_v0_4_0_binds_devices_with_device_digest(kbs_vectors, ec
     assert base64.b64decode(composed.primary["report_data"]) == primary_digest
     # A device that cannot be embedded refuses the Trustee 1.5 dialect instead of dropping evidence.
     from attestation_agent.errors import EvidenceError
-    with pytest.raises(EvidenceError, match="0.4.0"):
+    with pytest.raises(EvidenceError, match=r"0\.4\.0"):
         await compose(source, Dialect.V0_1_0, vec["nonce"], key.public_jwk())

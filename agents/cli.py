@@ -1,0 +1,73 @@
+"""The ``cai`` command.
+
+This module is the composition root of the suite: it is the one place in ``agents`` that refers to
+the daemon packages, and it does so lazily by module name so that ``agents`` itself stays at the
+bottom of the import graph and ``cai --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agents import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str  # provides add_arguments(parser) and main(args) -> int
+    help: str
+    description: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("aa", "attestation_agent.daemon", "run the attestation agent daemon",
+            "Attestation agent: serves TEE evidence and Trustee KBS tokens on a Unix socket and on the "
+            "CoCo api-server-rest compatible loopback port 8006."),
+    Command("attest", "attestation_agent.cli_attest", "attest once to a Trustee KBS and optionally fetch a resource",
+            "Operator check: run the RCAR handshake against a Trustee (dialect auto-detected), print what "
+            "happened as JSON and, with --resource, fetch one resource (its value is never printed, only "
+            "its size and SHA-256)."),
+    Command("standin", "trustee_standin.cli", "run the local Trustee stand-in (development and tests only)",
+            "A protocol-exact local stand-in for Trustee (KBS in protocol 0.1.0 or 0.4.0, gateway /api "
+            "prefix, attestation service). For development and tests only: it holds test keys."),
+    Command("demo", "agents.demo", "run the whole chain locally with the sample TEE and a local Trustee stand-in",
+            "Local demonstration with no TEE hardware: starts Trustee stand-ins, the attestation agent "
+            "(sample TEE explicitly allowed), attests in both KBS protocol dialects and fetches resources, "
+            "printing each step with timings. Development only."),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cai", description="CAI sidecar suite for confidential AI inference (Intel TDX + NVIDIA GPUs).")
+    parser.add_argument("--version", action="version", version=f"cai {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in COMMANDS:
+        sub.add_parser(command.name, help=command.help, description=command.description)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    by_name = {command.name: command for command in COMMANDS}
+    first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if first is None or argv[first] not in by_name:
+        build_parser().parse_args(argv)  # prints help, version or a usage error and exits
+        return 2
+    command = by_name[argv[first]]
+    # Each daemon module declares its own options; import it only when its command runs.
+    module = importlib.import_module(command.module)
+    parser = argparse.ArgumentParser(prog=f"cai {command.name}", description=command.description)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[first + 1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""aiohttp helpers for the local APIs: Unix-socket and TCP servers, clients, bounded reads.
+
+The daemons talk to each other over Unix sockets under /run/cai (file permissions are the
+access control) and expose a few TCP ports. Everything read from a peer is size-bounded, and
+errors reach clients as small JSON bodies without tracebacks or internal messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from agents.errors import CaiError
+from agents.redaction import redact
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BodyTooLarge(CaiError):
+    """A peer sent more than we are willing to hold in memory."""
+
+    http_status = 413
+
+
+def _socket_in_use(path: str) -> bool:
+    """True if a process accepts connections on the Unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError as exc:
+            # EAGAIN: listening but backlog full, i.e. very much in use.
+            return exc.errno == errno.EAGAIN
+        return True
+
+
+def _prepare_unix_path(path: str) -> None:
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise CaiError(
+            f"cannot listen on {path}: a non-socket file is in the way",
+            hint="remove it or choose another socket path",
+        )
+    if _socket_in_use(path):
+        raise CaiError(
+            f"another process is already serving {path}",
+            hint="stop the other instance or choose another socket path",
+        )
+    # A leftover from a crashed run: nobody is listening, so it is safe to replace.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def start_site(
+    app: web.Application,
+    *,
+    unix_path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    socket_mode: int = 0o660,
+) -> web.AppRunner:
+    """Start serving ``app`` on a Unix socket or TCP ``host:port``; the caller cleans up.
+
+    Returns the runner; call ``await runner.cleanup()`` to stop. ``port=0`` picks a free port,
+    see :func:`bound_port`.
+    """
+    if (unix_path is None) == (port is None):
+        raise ValueError("start_site needs exactly one of unix_path or port")
+    if unix_path is not None:
+        _prepare_unix_path(unix_path)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if unix_path is not None:
+            site = web.UnixSite(runner, unix_path)
+            await site.start()
+            os.chmod(unix_path, socket_mode)
+        else:
+            site = web.TCPSite(runner, host or "127.0.0.1", port)
+            await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        where = unix_path if unix_path is not None else f"{host or '127.0.0.1'}:{port}"
+        raise CaiError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port ``runner`` actually listens on (useful after ``port=0``)."""
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    raise ValueError("runner is not listening on a TCP port")
+
+
+def unix_session(path: str, **kwargs: Any) -> aiohttp.ClientSession:
+    """A client session whose every request goes to the Unix socket ``path``.
+
+    Use a dummy host in URLs: ``session.get("http://localhost/aa/token")``.
+    """
+    connector = aiohttp.UnixConnector(path=path)
+    return aiohttp.ClientSession(connector=connector, **kwargs)
+
+
+async def read_body_limited(resp: aiohttp.ClientResponse, limit: int, *, what: str) -> bytes:
+    """Read ``resp``'s body, refusing more than ``limit`` bytes.
+
+    A declared Content-Length over the limit is rejected before reading anything; without one
+    (chunked, or a lying peer) the stream is cut off as soon as it passes the limit.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        resp.release()
+        raise BodyTooLarge(
+            f"{what}: response of {declared} bytes exceeds the {limit}-byte limit",
+            hint="the peer is misbehaving or the limit is too small",
+        )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            resp.close()
+            raise BodyTooLarge(
+                f"{what}: response exceeds the {limit}-byte limit",
+                hint="the peer is misbehaving or the limit is too small",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_error(status: int, message: str, *, code: str | None = None) -> web.Response:
+    """A JSON error response ``{"error": message, "code": code}`` (message is redacted)."""
+    return web.json_response({"error": redact(message), "code": code}, status=status)
+
+
+def error_middleware(logger: Any) -> Any:
+    """Middleware mapping exceptions to JSON responses, so clients never see a traceback.
+
+    CaiError messages are written for operators and are safe (and redacted), so they are
+    returned with the error's ``http_status``; anything else is a bug: the client gets a
+    generic 500 and the details go to one log line.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except CaiError as exc:
+            status = getattr(exc, "http_status", 500)
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                status = 500
+            logger.warning(
+                "request failed", method=request.method, path=request.path, status=status, error=str(exc)
+            )
+            return json_error(status, str(exc), code=type(exc).__name__)
+        except Exception as exc:
+            logger.error(
+                "unhandled error in request handler",
+                method=request.method,
+                path=request.path,
+                exc_info=exc,
+            )
+            return json_error(500, "internal error")
+
+    return middleware
