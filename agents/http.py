@@ -83,8 +83,10 @@ async def start_site(
     """
     if (unix_path is None) == (port is None):
         raise ValueError("start_site needs exactly one of unix_path or port")
+    created: list[int] = []
     if unix_path is not None:
         _prepare_unix_path(unix_path)
+        _remove_on_cleanup(app, unix_path, created)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -93,6 +95,7 @@ async def start_site(
             site = web.UnixSite(runner, unix_path)
             await site.start()
             os.chmod(unix_path, socket_mode)
+            created.append(os.stat(unix_path).st_ino)
         else:
             site = web.TCPSite(runner, host or "127.0.0.1", port)
             await site.start()
@@ -104,6 +107,22 @@ async def start_site(
         await runner.cleanup()
         raise
     return runner
+
+
+def _remove_on_cleanup(app: web.Application, path: str, created: list[int]) -> None:
+    """Unlink our socket when the runner stops, so a stopped daemon leaves no dead socket behind.
+
+    Only the inode recorded in ``created`` (after binding) is removed: a successor that already
+    bound the path keeps its own. Registered before the app is frozen by ``runner.setup()``.
+    """
+
+    async def unlink(_: web.Application) -> None:
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino in created:
+                os.unlink(path)
+
+    app.on_cleanup.append(unlink)
 
 
 def bound_port(runner: web.AppRunner) -> int:

@@ -49,6 +49,12 @@ class KbsError(AttestationError):
         self.error_type = error_type
 
 
+class KbsNotConfiguredError(KbsError):
+    """No Trustee URL was configured, so nothing can be attested to."""
+
+    http_status = 503
+
+
 class KbsUnavailableError(KbsError):
     """Connection refused, timeout, or 5xx from the KBS (retryable)."""
 

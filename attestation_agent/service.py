@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from agents.health import Metrics
 from agents.logsetup import get_logger
 from attestation_agent.attesters.base import Attester, DeviceAttester, MeasurementResult, RuntimeEvent
-from attestation_agent.errors import AttestationError, KbsError
+from attestation_agent.errors import AttestationError, KbsNotConfiguredError
 from attestation_agent.evidence import LocalEvidence
 from attestation_agent.kbs.client import KbsClient, KbsClientConfig
 
@@ -65,7 +65,7 @@ class AttestationAgent:
 
     def _client(self) -> KbsClient:
         if self.options.kbs is None:
-            raise KbsError("no Trustee KBS is configured",
+            raise KbsNotConfiguredError("no Trustee KBS is configured",
                            hint="set TRUSTEE_URL in cai.env (or kbs_url in [aa])")
         if self._kbs is None:
             self._kbs = KbsClient(self.options.kbs, self.evidence_source)

@@ -17,7 +17,6 @@ leaf certificate under the stand-in's test root CA, with the chain in ``jwk.x5c`
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from agents.logsetup import get_logger
-from attestation_agent.kbs.canonical import canonical_json
+from attestation_agent.kbs.canonical import HASH_ALGORITHMS, runtime_data_digest
 from attestation_agent.kbs.encoding import b64url_decode
 from trustee_standin.appraisal import appraise
 from trustee_standin.body import read_body
@@ -36,7 +35,6 @@ from trustee_standin.verifiers import VerificationError
 
 log = get_logger("trustee_standin.attestation_service")
 
-HASH_ALGORITHMS = frozenset({"sha256", "sha384", "sha512"})
 DEFAULT_POLICY_ID = "default"
 MAX_REQUESTS = 16
 
@@ -98,7 +96,7 @@ def _individual(obj: Any, *, flat: bool) -> VerificationRequest:
         evidence = evidence_bytes  # the verifier decides; the sample verifier rejects non-JSON
     raw, structured, kind = _data(obj.get("runtime_data"), "runtime_data")
     if kind == "structured":
-        expected: bytes | None = hashlib.new(algorithm, canonical_json(structured)).digest()
+        expected: bytes | None = runtime_data_digest(structured, algorithm)
     else:
         expected = raw
     _, init_structured, _ = _data(obj.get("init_data"), "init_data", new_init=not flat)

@@ -22,9 +22,15 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def runtime_data_digest(value: Any) -> bytes:
-    """SHA-384 over the canonical JSON of structured runtime data."""
-    return hashlib.sha384(canonical_json(value)).digest()
+HASH_ALGORITHMS = ("sha256", "sha384", "sha512")
+
+
+def runtime_data_digest(value: Any, algorithm: str = "sha384") -> bytes:
+    """Digest of the canonical JSON of structured runtime data (KBS: always SHA-384; the AS REST
+    API lets the caller choose with ``runtime_data_hash_algorithm``)."""
+    if algorithm not in HASH_ALGORITHMS:
+        raise ValueError(f"unsupported runtime-data hash algorithm {algorithm!r}; use one of {HASH_ALGORITHMS}")
+    return hashlib.new(algorithm, canonical_json(value)).digest()
 
 
 def binding_v0_1_0(nonce: str, tee_pubkey: dict[str, Any]) -> bytes:
