@@ -129,6 +129,19 @@ def configure_logging(
     )
 
 
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (structlog defaults, our stdlib handler removed).
+
+    Tests call it after capturing output so one test's stream never receives another's logs.
+    """
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def is_configured() -> bool:
     """True once :func:`configure_logging` has installed its handler on the root logger."""
     return any(getattr(handler, _HANDLER_MARK, False) for handler in logging.getLogger().handlers)

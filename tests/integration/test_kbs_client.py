@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agents.logsetup import configure_logging
+from agents.logsetup import configure_logging, reset_logging
 from agents.retry import Backoff
 from attestation_agent.attesters.sample import SampleAttester
 from attestation_agent.errors import (
@@ -52,7 +52,7 @@ def logs():
     stream = io.StringIO()
     configure_logging(level="debug", fmt="json", stream=stream, service="test")
     yield stream
-    configure_logging(level="info", fmt="json")
+    reset_logging()
 
 
 def client_for(url: str, *, dialects: DialectMemory | None = None, **kw) -> KbsClient:

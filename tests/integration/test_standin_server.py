@@ -839,11 +839,8 @@ async def test_registered_verifier_is_used_for_its_tee(standin, http, rsa_key):
 
 async def test_logs_carry_no_secrets(standin, http, rsa_key):
     import io
-    import logging
 
-    import structlog
-
-    from agents.logsetup import configure_logging
+    from agents.logsetup import configure_logging, reset_logging
 
     stream = io.StringIO()
     configure_logging(level="debug", stream=stream)
@@ -854,12 +851,7 @@ async def test_logs_carry_no_secrets(standin, http, rsa_key):
         assert status == 200
         await get_resource(http, server.url, bearer=result.token + "x")
     finally:  # undo the global logging setup, as the agents.logsetup tests do
-        structlog.reset_defaults()
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if getattr(handler, "_cai_log_handler", False):
-                root.removeHandler(handler)
-        root.setLevel(logging.WARNING)
+        reset_logging()
     text = stream.getvalue()
     assert "trustee stand-in: for development and tests only" in text
     assert "kbs resource released" in text

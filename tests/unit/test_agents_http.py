@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import socket
 import stat
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import structlog
 from aiohttp import web
 
 from agents.errors import CaiError, ConfigError
@@ -26,7 +24,7 @@ from agents.http import (
     start_site,
     unix_session,
 )
-from agents.logsetup import configure_logging, get_logger
+from agents.logsetup import configure_logging, get_logger, reset_logging
 from agents.redaction import clear_secrets, register_secret
 
 
@@ -40,12 +38,7 @@ def log_stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     configure_logging(stream=out, service="http-test")
     yield out
-    structlog.reset_defaults()
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_cai_log_handler", False):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
+    reset_logging()
     clear_secrets()
 
 

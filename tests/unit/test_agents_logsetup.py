@@ -10,10 +10,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from agents.errors import ConfigError
-from agents.logsetup import configure_logging, forget_secret, get_logger, redact, register_secret
+from agents.logsetup import configure_logging, forget_secret, get_logger, redact, register_secret, reset_logging
 from agents.redaction import REDACTED, clear_secrets
 
 SECRET = b"\x8f\x01model-key-material\xfe\x00\x11"
@@ -26,12 +25,7 @@ def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     configure_logging(stream=out, service="unit", level="debug")
     yield out
-    structlog.reset_defaults()
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_cai_log_handler", False):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
+    reset_logging()
     clear_secrets()
 
 
