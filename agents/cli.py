@@ -25,6 +25,13 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command("cdh", "data_hub.daemon", "run the data hub daemon (resources into /run/cai/resources)",
+            "Confidential data hub: attests to one or more Trustees through the attestation agent, writes "
+            "model-key, alt-key and configured resources atomically (0400) to a tmpfs directory, refreshes "
+            "them, unseals sealed secrets and serves the CDH API on a Unix socket."),
+    Command("get-resource", "data_hub.cli_get_resource", "fetch one Trustee resource into a file (operators)",
+            "Fetch one kbs:/// resource through the running attestation agent and write it atomically "
+            "with mode 0400 to -o FILE (a memory filesystem unless overridden), or to stdout with -o -."),
     Command("aa", "attestation_agent.daemon", "run the attestation agent daemon",
             "Attestation agent: serves TEE evidence and Trustee KBS tokens on a Unix socket and on the "
             "CoCo api-server-rest compatible loopback port 8006."),
@@ -32,6 +39,10 @@ COMMANDS: tuple[Command, ...] = (
             "Operator check: run the RCAR handshake against a Trustee (dialect auto-detected), print what "
             "happened as JSON and, with --resource, fetch one resource (its value is never printed, only "
             "its size and SHA-256)."),
+    Command("cachefs", "cachefs.daemon", "mount the decrypted model read-only (gocryptfs volumes); 'encrypt' makes one",
+            "cachefs: serves a gocryptfs-encrypted model (local directory or object storage) as a read-only FUSE "
+            "mount at MODEL_MOUNT_POINT once the model key is available; 'cai cachefs encrypt SRC DST --passfile F' "
+            "writes a gocryptfs-compatible volume (and optionally a manifest)."),
     Command("standin", "trustee_standin.cli", "run the local Trustee stand-in (development and tests only)",
             "A protocol-exact local stand-in for Trustee (KBS in protocol 0.1.0 or 0.4.0, gateway /api "
             "prefix, attestation service). For development and tests only: it holds test keys."),

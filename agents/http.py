@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -20,9 +21,11 @@ import aiohttp
 from aiohttp import web
 
 from agents.errors import CaiError
+from agents.logsetup import get_logger
 from agents.redaction import redact
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_log = get_logger("agents.http")
 
 
 class BodyTooLarge(CaiError):
@@ -206,3 +209,18 @@ def error_middleware(logger: Any) -> Any:
             return json_error(500, "internal error")
 
     return middleware
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+    """Serve loopback peers only (api-server-rest semantics): a remote peer never gets a token or a secret."""
+    peer = request.remote or ""
+    try:
+        allowed = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        allowed = False
+    if not allowed:
+        _log.warning("http.refused_peer", peer=peer, path=request.path)
+        return json_error(403, "only loopback clients are served")
+    return await handler(request)

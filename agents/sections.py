@@ -16,6 +16,17 @@ from agents.errors import ConfigError
 from agents.settings import Setting, parse_settings
 
 
+def read_section(section: str, config_file: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The raw ``[section]`` table of ``config_file`` (empty without a file) and its name for errors."""
+    if config_file is None:
+        return {}, f"[{section}]"
+    data = load_config_file(config_file)
+    block = data.get(section, {})
+    if not isinstance(block, dict):
+        raise ConfigError(f"[{section}] in {config_file} must be a table/object")
+    return block, f"[{section}] ({config_file})"
+
+
 def load_section(
     section: str,
     settings: Sequence[Setting],
@@ -23,18 +34,16 @@ def load_section(
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    tables: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Validated settings of ``section``: file, then environment, then explicit (CLI) overrides."""
+    """Validated settings of ``section``: file, then environment, then explicit (CLI) overrides.
+
+    ``tables`` names keys of the section that are not scalar settings (e.g. ``[[cdh.resources]]``);
+    the caller reads them with :func:`read_section` and validates them itself.
+    """
     environ = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
-    where = f"[{section}]"
-    if config_file is not None:
-        data = load_config_file(config_file)
-        where = f"[{section}] ({config_file})"
-        block = data.get(section, {})
-        if not isinstance(block, dict):
-            raise ConfigError(f"[{section}] in {config_file} must be a table/object")
-        raw.update(block)
+    block, where = read_section(section, config_file)
+    raw: dict[str, Any] = {key: value for key, value in block.items() if key not in tables}
     prefix = f"CAI_{section.upper()}_"
     env_names = {prefix + s.name.upper(): s.name for s in settings}
     for env_name, key in env_names.items():

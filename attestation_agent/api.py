@@ -9,14 +9,12 @@ api-server-rest: ``GET /aa/token?token_type=kbs``, ``GET /aa/evidence?runtime_da
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from agents.health import HealthState, Metrics, add_health_routes
-from agents.http import error_middleware, json_error
+from agents.http import error_middleware, json_error, loopback_only
 from agents.logsetup import get_logger
 from attestation_agent.attesters.base import MAX_REPORT_DATA, MeasurementResult, RuntimeEvent
 from attestation_agent.kbs.encoding import b64url_decode
@@ -106,21 +104,6 @@ async def post_aael(request: web.Request) -> web.Response:
     result = await request.app[AGENT_KEY].extend(RuntimeEvent(register_index=index, **fields))
     status = 200 if result is MeasurementResult.OK else 501
     return web.json_response({"result": result.value}, status=status)
-
-
-@web.middleware
-async def loopback_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                        ) -> web.StreamResponse:
-    """api-server-rest serves loopback peers only: a remote peer must never get a token."""
-    peer = request.remote or ""
-    try:
-        allowed = ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        allowed = False
-    if not allowed:
-        log.warning("aa.api.refused_peer", peer=peer, path=request.path)
-        return json_error(403, "only loopback clients are served")
-    return await handler(request)
 
 
 def build_app(agent: AttestationAgent, health: HealthState, metrics: Metrics, *, rest_bridge: bool = False

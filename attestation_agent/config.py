@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agents import validators
 from agents.settings import Setting
+from attestation_agent.tpm.settings import TPM_SETTINGS
 
 DEFAULT_SOCKET = "/run/cai/aa.sock"
 DEFAULT_REST_LISTEN = "127.0.0.1:8006"
@@ -35,4 +36,5 @@ AA_SETTINGS: tuple[Setting, ...] = (
     Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request."),
     Setting("log_level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", str, "json", "Log format: json or console.", choices=("json", "console")),
+    *TPM_SETTINGS,
 )

@@ -55,7 +55,7 @@ def load_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 
 async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
     health, metrics = HealthState(), Metrics()
-    attester = select_attester(settings["tee"], allow_sample=settings["allow_sample"])
+    attester = select_attester(settings["tee"], allow_sample=settings["allow_sample"], settings=settings)
     if attester.development_only:
         log.warning("aa.development_tee", tee=attester.tee_type,
                     message="the sample TEE proves nothing; never use it in production")

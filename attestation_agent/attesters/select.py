@@ -8,10 +8,12 @@ used only when the configuration allows it explicitly.
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from attestation_agent.attesters.base import Attester
 from attestation_agent.attesters.sample import SampleAttester
@@ -57,17 +59,35 @@ def detect_platform(paths: PlatformPaths | None = None) -> str | None:
     return None
 
 
+AttesterFactory = Callable[[Mapping[str, Any]], Attester]
+
+#: Attester modules imported only when their TEE is selected: a TDX VM need not load tpm2-pytss.
+LAZY_MODULES = {
+    "tdx": "attestation_agent.attesters.tdx",
+    "tpm": "attestation_agent.attesters.tpm",
+}
+
+
 @dataclass
 class AttesterRegistry:
-    """Factories by TEE name; the next platforms (tdx, tpm) register here."""
+    """Factories by TEE name, each building its attester from the ``[aa]`` settings."""
 
-    factories: dict[str, Callable[[], Attester]] = field(default_factory=dict)
+    factories: dict[str, AttesterFactory] = field(default_factory=dict)
+    lazy: dict[str, str] = field(default_factory=lambda: dict(LAZY_MODULES))
 
-    def register(self, tee: str, factory: Callable[[], Attester]) -> None:
+    def register(self, tee: str, factory: AttesterFactory) -> None:
         self.factories[tee] = factory
 
+    def get(self, tee: str) -> AttesterFactory | None:
+        if tee not in self.factories and tee in self.lazy:
+            importlib.import_module(self.lazy[tee])  # the module registers itself
+        return self.factories.get(tee)
 
-REGISTRY = AttesterRegistry({"sample": SampleAttester})
+    def names(self) -> list[str]:
+        return sorted(set(self.factories) | set(self.lazy))
+
+
+REGISTRY = AttesterRegistry({"sample": lambda _settings: SampleAttester()})
 
 
 def select_attester(
@@ -76,6 +96,7 @@ def select_attester(
     allow_sample: bool = False,
     paths: PlatformPaths | None = None,
     registry: AttesterRegistry = REGISTRY,
+    settings: Mapping[str, Any] | None = None,
 ) -> Attester:
     """Return the attester for ``tee`` (``auto`` = detect), refusing ``sample`` unless allowed."""
     name = tee
@@ -96,10 +117,10 @@ def select_attester(
             "the sample TEE was requested but is not allowed: its evidence proves nothing",
             hint="set allow_sample = true in [aa] (or pass --allow-sample) for development and tests only",
         )
-    factory = registry.factories.get(name)
+    factory = registry.get(name)
     if factory is None:
         raise EvidenceError(
             f"no attester is available for TEE {name!r} in this build",
-            hint="known TEEs: " + ", ".join(sorted(registry.factories)),
+            hint="known TEEs: " + ", ".join(registry.names()),
         )
-    return factory()
+    return factory(settings or {})
