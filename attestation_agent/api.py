@@ -17,6 +17,7 @@ from agents.health import HealthState, Metrics, add_health_routes
 from agents.http import error_middleware, json_error, loopback_only
 from agents.logsetup import get_logger
 from attestation_agent.attesters.base import MAX_REPORT_DATA, MeasurementResult, RuntimeEvent
+from attestation_agent.cdh_bridge import add_cdh_bridge
 from attestation_agent.kbs.encoding import b64url_decode
 from attestation_agent.service import AttestationAgent
 
@@ -106,9 +107,10 @@ async def post_aael(request: web.Request) -> web.Response:
     return web.json_response({"result": result.value}, status=status)
 
 
-def build_app(agent: AttestationAgent, health: HealthState, metrics: Metrics, *, rest_bridge: bool = False
-              ) -> web.Application:
-    """The AA application; ``rest_bridge`` adds the loopback-only guard for the TCP listener."""
+def build_app(agent: AttestationAgent, health: HealthState, metrics: Metrics, *, rest_bridge: bool = False,
+              cdh_socket: str | None = None) -> web.Application:
+    """The AA application; ``rest_bridge`` adds the loopback-only guard for the TCP listener and, with
+    ``cdh_socket``, forwards api-server-rest's ``/cdh/resource/...`` to the data hub."""
     middlewares = [error_middleware(log)]
     if rest_bridge:
         middlewares.insert(0, loopback_only)
@@ -119,5 +121,7 @@ def build_app(agent: AttestationAgent, health: HealthState, metrics: Metrics, *,
     app.router.add_get("/aa/additional-evidence", get_additional_evidence)
     app.router.add_get("/aa/tee", get_tee)
     app.router.add_post("/aa/aael", post_aael)
+    if cdh_socket:
+        add_cdh_bridge(app, cdh_socket)
     add_health_routes(app, health, metrics)
     return app

@@ -22,6 +22,9 @@ AA_SETTINGS: tuple[Setting, ...] = (
     Setting("rest_listen", str, DEFAULT_REST_LISTEN,
             "host:port of the CoCo api-server-rest compatible listener (GET /aa/token, /aa/evidence); "
             "'off' disables it. Only loopback clients are served.", validator=_listen),
+    Setting("cdh_socket", str, "/run/cai/cdh.sock", "Data hub socket that GET /cdh/resource/... on the "
+            "rest_listen port is forwarded to (api-server-rest serves /aa and /cdh on one port); 'off' disables.",
+            validator=lambda v: v if v == "off" else validators.absolute_path(v)),
     Setting("tee", str, "auto", "TEE to attest with: auto (detect hardware), tdx, tpm, or sample.",
             choices=("auto", "tdx", "tpm", "sample")),
     Setting("allow_sample", bool, False,

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", help=f"Unix socket for the AA API (default {DEFAULT_SOCKET})")
     parser.add_argument("--rest-listen", metavar="HOST:PORT",
                         help=f"api-server-rest compatible listener, or 'off' (default {DEFAULT_REST_LISTEN})")
+    parser.add_argument("--cdh-socket", help="data hub socket that /cdh/resource/... on the REST listener is "
+                        "forwarded to, or 'off' (default /run/cai/cdh.sock)")
     parser.add_argument("--tee", choices=("auto", "tdx", "tpm", "sample"), help="TEE to use (default: auto)")
     parser.add_argument("--allow-sample", action="store_true", default=None,
                         help="allow the sample TEE (no hardware root of trust; development only)")
@@ -48,6 +50,7 @@ def kbs_config(url: str | None, settings: dict[str, Any]) -> KbsClientConfig | N
 def load_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     env = load_cai_env(env_file=args.env_file)
     overrides = {"socket": args.socket, "rest_listen": args.rest_listen, "tee": args.tee,
+                 "cdh_socket": args.cdh_socket,
                  "allow_sample": args.allow_sample, "kbs_url": args.kbs_url, "kbs_dialect": args.kbs_dialect,
                  "log_level": args.log_level, "log_format": args.log_format}
     return load_section("aa", AA_SETTINGS, config_file=args.config, overrides=overrides), env
@@ -68,7 +71,9 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
                                             socket_mode=0o660))
             if settings["rest_listen"] != "off":
                 host, _, port = settings["rest_listen"].rpartition(":")
-                runners.append(await start_site(build_app(agent, health, metrics, rest_bridge=True),
+                runners.append(await start_site(build_app(agent, health, metrics, rest_bridge=True,
+                                                          cdh_socket=None if settings["cdh_socket"] == "off"
+                                                          else settings["cdh_socket"]),
                                                 host=host.strip("[]"), port=int(port)))
             await agent.evidence(b"\0" * 32)  # self-test: the TEE interface answers
             health.set_check("attester", True, attester.tee_type)

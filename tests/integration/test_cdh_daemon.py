@@ -254,3 +254,32 @@ async def test_get_resource_cli(tmp_path, tmpfs):
             assert not (tmp_path / "disk-key").exists()
         finally:
             await stop(aa)
+
+
+async def test_api_server_rest_port_serves_cdh_through_the_aa(tmp_path, tmpfs):
+    """One loopback port (the AA's 8006 listener) serves /aa/* and /cdh/resource/* like api-server-rest."""
+    value = b"crag-master-" + os.urandom(12).hex().encode()
+    repo = repository(tmp_path / "repo", {ALT: value})
+    port = free_port()
+    aa_sock, cdh_sock = str(tmp_path / "aa.sock"), str(tmp_path / "cdh.sock")
+    async with StandinServer(StandinConfig(dialect=Dialect.V0_4_0, repository=repo)) as trustee:
+        aa, aa_notify = await spawn(tmp_path, "aa", ["aa", "--allow-sample", "--socket", aa_sock, "--rest-listen",
+                                                      f"127.0.0.1:{port}", "--cdh-socket", cdh_sock], {})
+        try:
+            await aa_notify.wait_for("READY=1", proc=aa)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/cdh/resource/{ALT}") as resp:
+                    assert resp.status == 503 and "cai cdh" in (await resp.json())["error"]
+                cdh, notify = await spawn(tmp_path, "cdh", cdh_argv(tmp_path, tmpfs / "res", aa_sock),
+                                          {"ALT_TRUSTEE_URL": trustee.url, "ALT_KEY_ID": f"kbs:///{ALT}"})
+                try:
+                    await notify.wait_for("READY=1", proc=cdh)
+                    async with http.get(f"http://127.0.0.1:{port}/cdh/resource/{ALT}") as resp:
+                        assert resp.status == 200 and await resp.read() == value
+                    async with http.get(f"http://127.0.0.1:{port}/cdh/resource/default/aliyun/..") as resp:
+                        assert resp.status in (400, 404)
+                finally:
+                    assert await stop(cdh) == 0
+        finally:
+            assert await stop(aa) == 0
+    assert value.decode() not in (tmp_path / "aa.log").read_text()
