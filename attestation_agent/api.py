@@ -96,9 +96,10 @@ async def post_aael(request: web.Request) -> web.Response:
             return json_error(400, f"{name!r} must be a non-empty single-line string of at most "
                               f"{MAX_EVENT_FIELD} characters")
         fields[name] = value
-    for name in ("domain", "operation"):
-        if " " in fields[name]:
-            return json_error(400, f"{name!r} must not contain spaces (the event log is space-separated)")
+    for name in ("domain", "operation", "content"):
+        if any(ch.isspace() for ch in fields[name]):
+            # Trustee 1.5 splits each event-log line on spaces and needs exactly three fields.
+            return json_error(400, f"{name!r} must not contain whitespace (the event log is space-separated)")
     index = obj.get("register_index")
     if index is not None and (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 24):
         return json_error(400, "'register_index' must be an integer 0..23")

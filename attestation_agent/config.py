@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from agents import validators
 from agents.settings import Setting
+from attestation_agent.nvidia.settings import GPU_SETTINGS
+from attestation_agent.tdx.settings import TDX_SETTINGS
 from attestation_agent.tpm.settings import TPM_SETTINGS
 
 DEFAULT_SOCKET = "/run/cai/aa.sock"
@@ -39,5 +41,7 @@ AA_SETTINGS: tuple[Setting, ...] = (
     Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request."),
     Setting("log_level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", str, "json", "Log format: json or console.", choices=("json", "console")),
+    *TDX_SETTINGS,
     *TPM_SETTINGS,
+    *GPU_SETTINGS,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from agents.config import load_cai_env
@@ -12,8 +13,10 @@ from agents.lifecycle import Lifecycle, run
 from agents.logsetup import configure_logging, get_logger
 from agents.sections import load_section
 from attestation_agent.api import build_app
+from attestation_agent.attesters.base import DeviceAttester
 from attestation_agent.attesters.select import select_attester
 from attestation_agent.config import AA_SETTINGS, DEFAULT_REST_LISTEN, DEFAULT_SOCKET
+from attestation_agent.errors import AttestationError, KbsAttestationRejectedError
 from attestation_agent.kbs.client import KbsClientConfig
 from attestation_agent.kbs.dialect import Dialect
 from attestation_agent.kbs.tee_key import KeyAlgorithm
@@ -47,6 +50,15 @@ def kbs_config(url: str | None, settings: dict[str, Any]) -> KbsClientConfig | N
     return KbsClientConfig(url=url, dialect=dialect, key_algorithm=alg, timeout=settings["kbs_timeout"])
 
 
+def select_devices(settings: dict[str, Any]) -> tuple[DeviceAttester, ...]:
+    """Additional devices to attest alongside the primary TEE (caiOptions gpu-ra-enable)."""
+    if not settings["gpu_ra_enable"]:
+        return ()
+    from attestation_agent.attesters.nvidia import NvidiaGpuAttester  # NVML only where GPUs are attested
+
+    return (NvidiaGpuAttester(set_ready=settings["gpu_set_ready"]),)
+
+
 def load_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     env = load_cai_env(env_file=args.env_file)
     overrides = {"socket": args.socket, "rest_listen": args.rest_listen, "tee": args.tee,
@@ -63,7 +75,8 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
         log.warning("aa.development_tee", tee=attester.tee_type,
                     message="the sample TEE proves nothing; never use it in production")
     agent = AttestationAgent(attester, AgentOptions(kbs=kbs_config(settings["kbs_url"] or env.get("TRUSTEE_URL"),
-                                                                    settings)), metrics=metrics)
+                                                                    settings)),
+                             devices=select_devices(settings), metrics=metrics)
     runners = []
     async with Lifecycle("aa") as lifecycle:
         try:
@@ -76,6 +89,9 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
                                                           else settings["cdh_socket"]),
                                                 host=host.strip("[]"), port=int(port)))
             await agent.evidence(b"\0" * 32)  # self-test: the TEE interface answers
+            if agent.additional_tees and agent.options.kbs is not None:
+                # Devices (GPUs) become usable only after a Trustee accepted them: attest once now.
+                lifecycle.spawn(_initial_attestation(agent), name="initial-attestation")
             health.set_check("attester", True, attester.tee_type)
             health.mark_started()
             lifecycle.mark_ready(f"attesting with {attester.tee_type}")
@@ -88,6 +104,23 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
             await agent.close()
     log.info("aa.stopped")
     return 0
+
+
+async def _initial_attestation(agent: AttestationAgent) -> None:
+    """Attest until the Trustee answers (it may start after us); a refusal is final and logged."""
+    delay = 1.0
+    while True:
+        try:
+            await agent.token("kbs")
+            log.info("aa.devices_attested", devices=agent.additional_tees)
+            return
+        except KbsAttestationRejectedError as exc:
+            log.error("aa.devices_rejected", devices=agent.additional_tees, error=str(exc))
+            return
+        except AttestationError as exc:
+            log.warning("aa.initial_attestation_retry", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ class LocalEvidence:
                         f"device {device.tee_type!r} cannot be embedded in {self.primary.tee_type} evidence",
                         hint="this device needs KBS protocol 0.4.0 (Trustee >= 1.6)",
                     )
-                evidence[device.embedded_field] = await device.evidence(report_data)
+                evidence[device.embedded_field] = await device.evidence_embedded(report_data)
         return evidence
 
     async def additional_evidence(self, report_data: bytes) -> dict[str, Any]:

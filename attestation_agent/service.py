@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from agents.health import Metrics
 from agents.logsetup import get_logger
 from attestation_agent.attesters.base import Attester, DeviceAttester, MeasurementResult, RuntimeEvent
-from attestation_agent.errors import AttestationError, KbsNotConfiguredError
+from attestation_agent.errors import AttestationError, KbsAttestationRejectedError, KbsNotConfiguredError
 from attestation_agent.evidence import LocalEvidence
 from attestation_agent.kbs.client import KbsClient, KbsClientConfig
 
@@ -79,10 +79,15 @@ class AttestationAgent:
         started = time.monotonic()
         try:
             attestation = await self._client().attestation()
+        except KbsAttestationRejectedError:
+            self._attest_total.labels("rejected").inc()
+            await self._tell_devices(False)
+            raise
         except AttestationError:
             self._attest_total.labels("error").inc()
             raise
         self._attest_total.labels("ok").inc()
+        await self._tell_devices(True)
         self._attest_seconds.observe(time.monotonic() - started)
         pem = attestation.key.private_key.private_bytes(
             serialization.Encoding.PEM,
@@ -90,6 +95,14 @@ class AttestationAgent:
             serialization.NoEncryption(),
         ).decode()
         return json.dumps({"token": attestation.token, "tee_keypair": pem}).encode()
+
+    async def _tell_devices(self, accepted: bool) -> None:
+        """Devices act on the verdict (an accepted GPU is set CC-ready; a refused one never is)."""
+        for device in self.evidence_source.devices:
+            try:
+                await device.attestation_result(accepted)
+            except AttestationError as exc:
+                log.error("aa.device_result_failed", device=device.tee_type, error=str(exc))
 
     async def extend(self, event: RuntimeEvent) -> MeasurementResult:
         result = await self.attester.extend_runtime_measurement(event)
@@ -104,3 +117,5 @@ class AttestationAgent:
         if self._kbs is not None:
             await self._kbs.close()
             self._kbs = None
+        for device in self.evidence_source.devices:
+            await device.close()

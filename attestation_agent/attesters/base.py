@@ -67,7 +67,18 @@ class DeviceAttester(abc.ABC):
 
     @abc.abstractmethod
     async def evidence(self, report_data: bytes) -> dict[str, Any]:
-        """Evidence binding ``report_data``."""
+        """Evidence binding ``report_data``, in the 0.4.0 ``additional_evidence`` shape."""
+
+    async def evidence_embedded(self, report_data: bytes) -> dict[str, Any]:
+        """Evidence in the shape embedded in the primary evidence (Trustee 1.5); same by default."""
+        return await self.evidence(report_data)
+
+    async def attestation_result(self, accepted: bool) -> None:
+        """Told after the Trustee accepted (or refused) evidence, e.g. to set a GPU's ready state."""
+        return None
+
+    async def close(self) -> None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"tee": self.tee_type, "embedded_field": self.embedded_field}

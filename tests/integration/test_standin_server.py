@@ -805,9 +805,10 @@ def test_cli_rejects_bad_resource_argument(capsys, tmp_path):
 
 async def test_registered_verifier_is_used_for_its_tee(standin, http, rsa_key):
     from attestation_agent.kbs.canonical import tdx_report_data
-    from trustee_standin.verifiers import VerificationError, register_verifier, unregister_verifier
+    from trustee_standin.verifiers import VerificationError, get_verifier, register_verifier
 
     seen: list[bytes] = []
+    previous = get_verifier("tdx")
 
     def fake_tdx(evidence: Any, expected: bytes | None) -> dict[str, Any]:
         assert expected is not None
@@ -834,7 +835,7 @@ async def test_registered_verifier_is_used_for_its_tee(standin, http, rsa_key):
         assert claims["tee"] == "tdx" and json.loads(claims["tcb-status"])["tdx.quote.body.mr_td"] == "ab"
         assert seen == [binding_v0_1_0(nonce, pub)]
     finally:
-        unregister_verifier("tdx")
+        register_verifier("tdx", previous)  # the real verifier other tests rely on
 
 
 async def test_logs_carry_no_secrets(standin, http, rsa_key):

@@ -17,6 +17,8 @@ from trustee_standin.verifiers.registry import (
 from trustee_standin.verifiers.sample import verify_sample
 
 register_verifier("sample", verify_sample)
+import trustee_standin.verifiers.nvidia  # noqa: E402 - registers "nvidia"
+import trustee_standin.verifiers.tdx  # noqa: E402 - registers "tdx"
 import trustee_standin.verifiers.tpm  # noqa: E402, F401 - registers "tpm"
 
 register_verifier("sampledevice", verify_sample)

@@ -1,0 +1,1 @@
+"""Test doubles for hardware interfaces that do not exist on CI machines (NVML, ...)."""
