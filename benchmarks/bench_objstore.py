@@ -1,0 +1,107 @@
+"""Benchmark: cold read of a large object through CachedSource vs the raw obstore download.
+
+Starts a moto S3 server (subprocess, loopback), uploads one random object of ``--mib`` MiB and,
+``-n`` times (alternating, so load drift hits both sides alike):
+
+* **raw**: one obstore GET of the whole object into memory (the anchor: the bytes themselves);
+* **cachefs cold**: a fresh, empty cache directory; ``list_tree`` + ``start_download`` (lazy mode)
+  and a reader that reads the object sequentially in 1 MiB requests through
+  ``CachedSource.read`` — the way a FUSE reader loads a model — until it has every byte. This
+  includes writing the ciphertext to the cache file and hashing every chunk.
+
+Prints the medians and the ratio (goal <= 1.15x). moto serves a ranged GET by reading the whole
+object, so per-chunk GETs are unrealistically expensive here; the background fill uses one
+streamed GET per run of chunks, which is what makes the ratio meaningful.
+
+    .venv/bin/python benchmarks/bench_objstore.py [-n 3] [--mib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import obstore
+
+from agents.logsetup import configure_logging
+from cachefs.cache import CachedSource
+from cachefs.sources.object_store import ObjectStoreConfig, ObjectStoreSource, store_options
+from tests.s3server import MotoS3Server
+
+BUCKET = "bench-models"
+KEY = "vol/big.bin"
+READ = 1 << 20
+
+
+async def raw_once(config: ObjectStoreConfig, size: int) -> float:
+    from obstore.store import S3Store
+
+    store = S3Store(config.bucket, **store_options(config))
+    t0 = time.perf_counter()
+    result = await obstore.get_async(store, "big.bin")
+    data = await result.bytes_async()
+    elapsed = time.perf_counter() - t0
+    assert len(data) == size
+    return elapsed
+
+
+async def cached_once(config: ObjectStoreConfig, size: int, run_mib: int | None) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-objstore-") as cache_dir:
+        t0 = time.perf_counter()
+        source = ObjectStoreSource(config)
+        tuning = {} if run_mib is None else {"max_fetch_bytes": run_mib << 20}
+        cached = CachedSource(source, cache_dir, **tuning)
+        await cached.list_tree()
+        cached.start_download()
+        offset = 0
+        while offset < size:
+            data = await cached.read("big.bin", offset, READ)
+            offset += len(data)
+        elapsed = time.perf_counter() - t0
+        await cached.close()
+    assert offset == size
+    return elapsed
+
+
+async def main(runs: int, mib: int, run_mib: int | None) -> None:
+    configure_logging(level="warning")
+    server = MotoS3Server().start()
+    try:
+        client = server.client()
+        client.create_bucket(Bucket=BUCKET)
+        size = mib << 20
+        client.put_object(Bucket=BUCKET, Key=KEY, Body=os.urandom(size))
+        config = ObjectStoreConfig(
+            BUCKET, "vol", server.url, access_key_id="bench-key", secret_access_key="bench-secret"
+        )
+        raw: list[float] = []
+        cold: list[float] = []
+        await raw_once(config, size)  # warm moto's file cache and the connection path
+        for _ in range(runs):
+            raw.append(await raw_once(config, size))
+            cold.append(await cached_once(config, size, run_mib))
+        r, c = statistics.median(raw), statistics.median(cold)
+        fetch = "cachefs default" if run_mib is None else f"{run_mib} MiB"
+        print(f"object: {mib} MiB from moto on loopback, {runs} runs (median), background GET size: {fetch}")
+        print(f"raw obstore GET:        {r:.3f} s  {size / r / 1e6:8.1f} MB/s")
+        print(f"CachedSource cold read: {c:.3f} s  {size / c / 1e6:8.1f} MB/s")
+        print(f"ratio cold/raw:         {c / r:.2f}x (goal <= 1.15x)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=3, help="runs per side")
+    parser.add_argument("--mib", type=int, default=256, help="object size in MiB")
+    parser.add_argument("--run-mib", type=int, default=None, help="max bytes per background GET (max_fetch_bytes)")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.mib, args.run_mib))

@@ -1,0 +1,862 @@
+"""An on-disk **ciphertext** cache in front of any :class:`CiphertextSource`, with lazy reads.
+
+Why: a model is tens of GB in object storage. The mount must be usable before it has all arrived
+(lazy mode), a restart must not download it again, and only ciphertext may ever touch the disk
+(plaintext lives in guest RAM only). So each object is mirrored into a sparse file at identical
+offsets, and a small JSON sidecar records which chunks are present together with the object's
+size and ETag and a SHA-256 per chunk.
+
+Layout (pure, :class:`ChunkLayout`): gocryptfs files are an 18-byte header followed by 4128-byte
+blocks (16 IV + 4096 data + 16 tag). Chunk 0 is ``[0, 18 + N·4128)`` and chunk ``k ≥ 1`` is
+``[18 + k·N·4128, 18 + (k+1)·N·4128)``, so **a block never straddles two fetches** and a
+plaintext-aligned read of ``N·4096`` bytes touches exactly one chunk. The default N = 1024
+(4 MiB of plaintext, 4 227 072 ciphertext bytes per ranged GET) follows the reference note: large
+enough that request overhead is amortised, small enough that a lazy read waits for little. Other
+objects (``gocryptfs.conf``, ``*.diriv``, ``*.name``) are just small single-chunk files.
+
+Fetching: a read of a missing range starts its chunk fetches at once (**demand**, bounded by its
+own semaphore), ahead of the **background** workers that walk the whole volume. Both share one
+in-flight table, so a chunk is fetched once whoever asks first. A fetch is retried (bounded
+backoff) when the source says the failure is transient or the body came back short; a chunk is
+marked present only after its full bytes were written.
+
+Integrity: on restart a sidecar is reused only if the listing's size and ETag equal the recorded
+ones (else that object's cache is discarded); reused chunks are re-hashed on first use and
+re-fetched on mismatch (a power loss may lose data written without fsync). Objects gone from the
+listing are deleted. Entries with no ETag are never reused across restarts.
+
+Disk full (or any cache write error): logged once, counted, and the cache switches to
+**pass-through**: present chunks are still served from disk, everything else is read from the
+source directly; the background download stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.health import Metrics
+from agents.logsetup import get_logger
+from agents.retry import Backoff, retry_call
+from cachefs.progress import DownloadProgress
+from cachefs.sources.base import CiphertextSource, SourceEntry, SourceError
+
+__all__ = [
+    "GOCRYPTFS_BLOCK",
+    "GOCRYPTFS_HEADER",
+    "CacheError",
+    "CacheRecordError",
+    "CachedSource",
+    "ChunkLayout",
+    "ChunkRecord",
+    "ShortFetchError",
+    "decode_record",
+    "encode_record",
+]
+
+log = get_logger("cachefs.cache")
+
+GOCRYPTFS_HEADER = 18
+GOCRYPTFS_BLOCK = 4128
+RECORD_FORMAT = "cai-cachefs-chunks"
+RECORD_VERSION = 1
+MAX_RECORD_BYTES = 64 << 20
+MAX_OBJECT_SIZE = 1 << 50
+MAX_ETAG = 1024
+MAX_PATH = 4096
+_INLINE_PREAD = 256 << 10
+
+
+class CacheError(SourceError):
+    """The cache could not serve a read (the underlying source failed, or the cache is misused)."""
+
+
+class ShortFetchError(CacheError):
+    """The source returned fewer bytes than the listing promised; retrying may help."""
+
+    transient = True
+
+
+class CacheRecordError(CacheError):
+    """A sidecar record is malformed; the cache for that object is discarded, never trusted."""
+
+
+# -- pure: chunk layout and sidecar records ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Chunk boundaries aligned to gocryptfs blocks (see the module docstring)."""
+
+    header: int = GOCRYPTFS_HEADER
+    block: int = GOCRYPTFS_BLOCK
+    blocks_per_chunk: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.header <= 1 << 20 or not 1 <= self.block <= 1 << 24:
+            raise ValueError("ChunkLayout header must be within 0..1 MiB and block within 1..16 MiB")
+        if not 1 <= self.blocks_per_chunk or self.chunk_bytes > 1 << 30:
+            raise ValueError("ChunkLayout blocks_per_chunk must be positive and a chunk at most 1 GiB")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.block * self.blocks_per_chunk
+
+    def count(self, size: int) -> int:
+        """Number of chunks of an object of ``size`` bytes."""
+        if size <= 0:
+            return 0
+        first = self.header + self.chunk_bytes
+        if size <= first:
+            return 1
+        return 1 + -(-(size - first) // self.chunk_bytes)
+
+    def span(self, index: int, size: int) -> tuple[int, int]:
+        """``[start, end)`` of chunk ``index`` in an object of ``size`` bytes."""
+        if not 0 <= index < self.count(size):
+            raise ValueError(f"chunk {index} out of range for an object of {size} bytes")
+        start = 0 if index == 0 else self.header + index * self.chunk_bytes
+        end = min(size, self.header + (index + 1) * self.chunk_bytes)
+        return start, end
+
+    def index_of(self, offset: int) -> int:
+        """The chunk holding byte ``offset``."""
+        if offset < self.header + self.chunk_bytes:
+            return 0
+        return (offset - self.header) // self.chunk_bytes
+
+    def chunks_for(self, offset: int, length: int, size: int) -> range:
+        """Chunks overlapping ``[offset, offset+length)`` clipped to the object."""
+        end = min(offset + length, size)
+        if offset < 0 or end <= offset:
+            return range(0)
+        return range(self.index_of(offset), self.index_of(end - 1) + 1)
+
+
+@dataclass
+class ChunkRecord:
+    """What the sidecar of one cached object says: identity plus per-chunk SHA-256 digests."""
+
+    path: str
+    size: int
+    etag: str | None
+    layout: ChunkLayout
+    digests: dict[int, str] = field(default_factory=dict)
+
+
+def encode_record(record: ChunkRecord) -> bytes:
+    """Serialise a record as compact JSON (chunk indices as decimal strings, digests as hex)."""
+    doc = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "path": record.path,
+        "size": record.size,
+        "etag": record.etag,
+        "layout": {
+            "header": record.layout.header,
+            "block": record.layout.block,
+            "blocks_per_chunk": record.layout.blocks_per_chunk,
+        },
+        "chunks": {str(i): d for i, d in sorted(record.digests.items())},
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise CacheRecordError(f"cache record field {what} must be an integer within {low}..{high}")
+    return value
+
+
+def decode_record(data: bytes) -> ChunkRecord:
+    """Parse and validate a sidecar; anything unexpected raises :class:`CacheRecordError`."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise CacheRecordError(f"cache record is {len(data)} bytes, more than {MAX_RECORD_BYTES}")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CacheRecordError(f"cache record is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise CacheRecordError("cache record must be a JSON object")
+    if doc.get("format") != RECORD_FORMAT or doc.get("version") != RECORD_VERSION:
+        raise CacheRecordError(f"cache record is not a {RECORD_FORMAT} v{RECORD_VERSION} record")
+    path = doc.get("path")
+    if not isinstance(path, str) or not 0 < len(path) <= MAX_PATH:
+        raise CacheRecordError("cache record field path must be a non-empty string")
+    size = _int(doc.get("size"), "size", 0, MAX_OBJECT_SIZE)
+    etag = doc.get("etag")
+    if etag is not None and (not isinstance(etag, str) or len(etag) > MAX_ETAG):
+        raise CacheRecordError("cache record field etag must be a short string or null")
+    lay = doc.get("layout")
+    if not isinstance(lay, dict):
+        raise CacheRecordError("cache record field layout must be an object")
+    try:
+        layout = ChunkLayout(
+            header=_int(lay.get("header"), "layout.header", 0, 1 << 20),
+            block=_int(lay.get("block"), "layout.block", 1, 1 << 24),
+            blocks_per_chunk=_int(lay.get("blocks_per_chunk"), "layout.blocks_per_chunk", 1, 1 << 30),
+        )
+    except ValueError as exc:
+        raise CacheRecordError(f"cache record layout is invalid: {exc}") from None
+    chunks = doc.get("chunks")
+    if not isinstance(chunks, dict):
+        raise CacheRecordError("cache record field chunks must be an object")
+    count = layout.count(size)
+    digests: dict[int, str] = {}
+    for key, digest in chunks.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 12):
+            raise CacheRecordError("cache record chunk indices must be decimal strings")
+        index = int(key)
+        if index >= count:
+            raise CacheRecordError(f"cache record names chunk {index} but the object has {count} chunks")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise CacheRecordError(f"cache record digest of chunk {index} is not 64 lowercase hex digits")
+        digests[index] = digest
+    return ChunkRecord(path=path, size=size, etag=etag, layout=layout, digests=digests)
+
+
+# -- the I/O shell ------------------------------------------------------------------------------
+
+_ABSENT, _PRESENT, _UNVERIFIED = 0, 1, 2
+
+
+class _Object:
+    """Mutable cache state of one file; touched only from the event loop thread."""
+
+    __slots__ = (
+        "changed",
+        "complete_announced",
+        "data_path",
+        "digests",
+        "dirty",
+        "entry",
+        "inflight",
+        "record_path",
+        "state",
+        "streams",
+    )
+
+    def __init__(self, entry: SourceEntry, count: int, data_path: Path, record_path: Path) -> None:
+        self.entry = entry
+        self.state = bytearray(count)
+        self.digests: dict[int, str] = {}
+        self.inflight: dict[int, asyncio.Task[bytes]] = {}
+        self.data_path = data_path
+        self.record_path = record_path
+        self.dirty = 0
+        self.complete_announced = False
+        # Background streams in progress: [next chunk index, last chunk index] each.
+        self.streams: list[list[int]] = []
+        self.changed: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        """Wake everyone waiting for a chunk of this object to arrive (or a stream to end)."""
+        event, self.changed = self.changed, None
+        if event is not None:
+            event.set()
+
+    def wait_changed(self) -> asyncio.Event:
+        if self.changed is None:
+            self.changed = asyncio.Event()
+        return self.changed
+
+    @property
+    def complete(self) -> bool:
+        return all(s == _PRESENT for s in self.state)
+
+
+def _transient(exc: BaseException) -> bool:
+    return bool(getattr(exc, "transient", False))
+
+
+def _write_chunk(data_path: Path, size: int, start: int, data: bytes | memoryview) -> str:
+    """Thread: write ``data`` at ``start`` of the sparse data file and return its SHA-256."""
+    fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], start + written)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_range(data_path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts: list[bytes] = []
+        done = 0
+        while done < length:
+            piece = os.pread(fd, length - done, offset + done)
+            if not piece:
+                raise OSError(errno.EIO, f"cache file {data_path} is shorter than expected")
+            parts.append(piece)
+            done += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _hash_range(data_path: Path, offset: int, length: int) -> str:
+    return hashlib.sha256(_read_range(data_path, offset, length)).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class CachedSource(CiphertextSource):
+    """Wraps ``source``; serves reads from a ciphertext cache under ``cache_dir``, filling it lazily.
+
+    Call :meth:`list_tree` first (it loads/validates the cache), then :meth:`start_download` for
+    the background fill (lazy mode) or :meth:`download_all` to wait for everything (eager mode).
+    """
+
+    def __init__(
+        self,
+        source: CiphertextSource,
+        cache_dir: str | os.PathLike[str],
+        *,
+        metrics: Metrics | None = None,
+        layout: ChunkLayout | None = None,
+        download_concurrency: int = 4,
+        demand_concurrency: int = 8,
+        backoff: Backoff | None = None,
+        persist_every: int = 16,
+        max_fetch_bytes: int = 64 << 20,
+        readahead_chunks: int = 4,
+    ) -> None:
+        if min(download_concurrency, demand_concurrency, persist_every, max_fetch_bytes, readahead_chunks) < 1:
+            raise ValueError("concurrency, persist_every, max_fetch_bytes and readahead_chunks must be positive")
+        self._source = source
+        self.name = f"cache of {source.name}"
+        self._root = Path(cache_dir)
+        volume_key = hashlib.sha256(source.name.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        self._dir = self._root / volume_key
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.layout = layout if layout is not None else ChunkLayout()
+        self._download_concurrency = download_concurrency
+        self._demand = asyncio.Semaphore(demand_concurrency)
+        self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0, attempts=5)
+        self._persist_every = persist_every
+        self._run_chunks = max(1, max_fetch_bytes // self.layout.chunk_bytes)
+        self._readahead = readahead_chunks
+        self._objects: dict[str, _Object] = {}
+        self._entries: list[SourceEntry] | None = None
+        self._list_lock = asyncio.Lock()
+        self._download: asyncio.Task[None] | None = None
+        self._persisting: set[asyncio.Task[None]] = set()
+        self.download_errors: list[str] = []
+        self.passthrough_reason: str | None = None
+        self.progress = DownloadProgress(self.metrics, location=source.name)
+        self._retries = self.metrics.counter(
+            "cachefs_download_retries_total", "Chunk fetches retried after a transient failure or short body."
+        )
+        self._errors = self.metrics.counter(
+            "cachefs_cache_errors_total", "Ciphertext cache problems, by kind.", labels=("kind",)
+        )
+        self._served = self.metrics.counter(
+            "cachefs_read_bytes_total", "Ciphertext bytes returned to readers, by where they came from.",
+            labels=("origin",),
+        )
+        self._enabled = self.metrics.gauge(
+            "cachefs_cache_enabled", "1 while the on-disk ciphertext cache accepts writes."
+        )
+        self._enabled.set(1)
+
+    # -- listing and cache validation -------------------------------------------------------------
+    async def list_tree(self) -> list[SourceEntry]:
+        async with self._list_lock:
+            if self._entries is None:
+                entries = await self._source.list_tree()
+                await asyncio.to_thread(self._load, entries)
+                self._entries = entries
+            return list(self._entries)
+
+    def _paths_for(self, path: str) -> tuple[Path, Path]:
+        key = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._dir / f"{key}.data", self._dir / f"{key}.json"
+
+    def _load(self, entries: list[SourceEntry]) -> None:
+        """Thread: create the cache dir (0700), validate sidecars against the listing, prune the rest."""
+        try:
+            self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self._root, 0o700)
+            os.chmod(self._dir, 0o700)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot create the ciphertext cache directory {self._dir}: {exc.strerror or exc}",
+                hint="check the cache_dir setting, its permissions and free space",
+            ) from None
+        keep: set[str] = set()
+        present_bytes = 0
+        complete = 0
+        files = [e for e in entries if e.kind == "file"]
+        for entry in files:
+            data_path, record_path = self._paths_for(entry.path)
+            keep.update({data_path.name, record_path.name})
+            obj = _Object(entry, self.layout.count(entry.size), data_path, record_path)
+            reused = self._reuse(obj)
+            present_bytes += reused
+            self._objects[entry.path] = obj
+            if obj.complete:
+                obj.complete_announced = True
+                complete += 1
+        for stale in self._dir.iterdir():
+            if stale.name not in keep:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        self.progress.reset(
+            total_bytes=sum(e.size for e in files),
+            present_bytes=present_bytes,
+            total_objects=len(files),
+            complete_objects=complete,
+        )
+
+    def _reuse(self, obj: _Object) -> int:
+        """Adopt a previous run's chunks for ``obj`` if its identity matches; returns bytes reused."""
+        entry = obj.entry
+        try:
+            raw = obj.record_path.read_bytes()
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                obj.data_path.unlink()
+            return 0
+        except OSError as exc:
+            raw = f"unreadable: {exc.strerror or exc}".encode()
+        reason = ""
+        try:
+            record = decode_record(raw)
+            if record.path != entry.path:
+                reason = "record belongs to another path"
+            elif entry.etag is None:
+                reason = "the source gives no ETag, so the cached bytes cannot be matched to the object"
+            elif record.size != entry.size or record.etag != entry.etag:
+                reason = "the object changed (size or ETag differs)"
+            elif record.layout != self.layout:
+                reason = "the chunk layout changed"
+            elif obj.data_path.stat().st_size != entry.size:
+                reason = "the data file has the wrong size"
+        except CacheRecordError as exc:
+            reason = str(exc)
+        except OSError:
+            reason = "the data file is missing"
+        if reason:
+            log.warning("discarding cached object", location=self._source.name, path=entry.path, reason=reason)
+            self.metrics.counter(
+                "cachefs_cache_discarded_objects_total", "Cached objects discarded at start-up (changed or invalid)."
+            ).inc()
+            for stale in (obj.data_path, obj.record_path):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            return 0
+        reused = 0
+        for index, digest in record.digests.items():
+            obj.state[index] = _UNVERIFIED
+            obj.digests[index] = digest
+            start, end = self.layout.span(index, entry.size)
+            reused += end - start
+        return reused
+
+    async def _object(self, path: str) -> _Object | None:
+        if self._entries is None:
+            await self.list_tree()
+        return self._objects.get(path)
+
+    # -- reads --------------------------------------------------------------------------------------
+    async def read(self, path: str, offset: int, length: int) -> bytes:
+        """Exact range from the cache, fetching missing chunks first (with priority)."""
+        obj = await self._object(path)
+        if obj is None:
+            return await self._source.read(path, offset, length)
+        if offset < 0 or length < 0:
+            raise CacheError(f"invalid range offset={offset} length={length} for {path!r} in {self.name}")
+        size = obj.entry.size
+        end = min(offset + length, size)
+        if end <= offset:
+            return b""
+        indices = self.layout.chunks_for(offset, end - offset, size)
+        if self.passthrough_reason is not None and any(obj.state[i] != _PRESENT for i in indices):
+            data = await self._fetch_range(obj, offset, end - offset, "passthrough")
+            self._served.labels(origin="network").inc(len(data))
+            return data
+        fresh = await asyncio.gather(*(self._ensure(obj, i, demand=True) for i in indices))
+        if all(chunk is None for chunk in fresh):
+            data = await self._read_disk(obj, offset, end - offset)
+            self._served.labels(origin="cache").inc(len(data))
+            return data
+        parts: list[bytes] = []
+        for index, chunk in zip(indices, fresh, strict=True):
+            c_start, c_end = self.layout.span(index, size)
+            lo, hi = max(offset, c_start), min(end, c_end)
+            if chunk is None:
+                parts.append(await self._read_disk(obj, lo, hi - lo))
+            else:
+                parts.append(chunk[lo - c_start : hi - c_start])
+        self._served.labels(origin="network").inc(end - offset)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_all(self, path: str) -> bytes:
+        obj = await self._object(path)
+        if obj is None:
+            return await self._source.read_all(path)
+        return await self.read(path, 0, obj.entry.size)
+
+    async def _read_disk(self, obj: _Object, offset: int, length: int) -> bytes:
+        try:
+            if length <= _INLINE_PREAD:
+                return _read_range(obj.data_path, offset, length)
+            return await asyncio.to_thread(_read_range, obj.data_path, offset, length)
+        except OSError as exc:
+            # The cache lost a file under us: forget what it claimed and read through.
+            self._errors.labels(kind="io").inc()
+            log.error("ciphertext cache read failed", path=obj.entry.path, error=exc.strerror or str(exc))
+            for i in self.layout.chunks_for(offset, length, obj.entry.size):
+                obj.state[i] = _ABSENT
+                obj.digests.pop(i, None)
+            return await self._fetch_range(obj, offset, length, "passthrough")
+
+    async def _ensure(self, obj: _Object, index: int, *, demand: bool) -> bytes | None:
+        """Make chunk ``index`` present; return its bytes if fetched now, None if it is on disk."""
+        if obj.state[index] == _PRESENT:
+            return None
+        # A background stream about to deliver this chunk is cheaper to wait for than a new GET.
+        while demand and obj.state[index] != _UNVERIFIED and self._stream_will_deliver(obj, index):
+            await obj.wait_changed().wait()
+            if obj.state[index] == _PRESENT:
+                return None
+        task = obj.inflight.get(index)
+        if task is None:
+            task = asyncio.ensure_future(self._materialise(obj, index, demand))
+            obj.inflight[index] = task
+            task.add_done_callback(lambda _t: obj.inflight.pop(index, None))
+        result = await asyncio.shield(task)
+        return result or None
+
+    async def _materialise(self, obj: _Object, index: int, demand: bool) -> bytes:
+        """Verify a reused chunk or fetch and store a missing one; b"" means "on disk"."""
+        start, end = self.layout.span(index, obj.entry.size)
+        if obj.state[index] == _UNVERIFIED:
+            try:
+                digest = await asyncio.to_thread(_hash_range, obj.data_path, start, end - start)
+            except OSError:
+                digest = ""
+            if digest == obj.digests.get(index):
+                obj.state[index] = _PRESENT
+                self._after_present(obj)
+                return b""
+            self._errors.labels(kind="corrupt").inc()
+            log.warning("cached chunk failed verification; fetching it again", path=obj.entry.path, chunk=index)
+            obj.state[index] = _ABSENT
+            obj.digests.pop(index, None)
+            self.progress.chunk_dropped(end - start)
+        if demand:
+            async with self._demand:
+                data = await self._fetch_range(obj, start, end - start, "demand")
+        else:
+            data = await self._fetch_range(obj, start, end - start, "background")
+        await self._store_chunk(obj, index, data)
+        return data
+
+    def _stream_will_deliver(self, obj: _Object, index: int) -> bool:
+        return any(pos <= index <= min(last, pos + self._readahead - 1) for pos, last in obj.streams)
+
+    async def _store_chunk(self, obj: _Object, index: int, data: bytes | memoryview) -> None:
+        """Write a complete chunk and mark it present (unless another fetch got there first)."""
+        if self.passthrough_reason is not None or obj.state[index] == _PRESENT:
+            return
+        start, end = self.layout.span(index, obj.entry.size)
+        if len(data) != end - start:  # callers check; this guards the invariant itself
+            raise ShortFetchError(f"refusing to cache {len(data)} bytes as chunk {index} of {obj.entry.path!r}")
+        try:
+            digest = await asyncio.to_thread(_write_chunk, obj.data_path, obj.entry.size, start, data)
+        except OSError as exc:
+            self._disable(exc)
+            return
+        if obj.state[index] == _PRESENT:
+            return
+        obj.digests[index] = digest
+        obj.state[index] = _PRESENT
+        obj.dirty += 1
+        self.progress.chunk_cached(end - start)
+        self._after_present(obj)
+        obj.notify()
+
+    async def _fill_run(self, obj: _Object, cursor: list[int]) -> None:
+        """Background: fetch chunks ``first..last`` with one streamed GET, caching each as it completes.
+
+        After a failure the retry resumes at the first chunk still missing, so a cut connection
+        costs at most one chunk of re-download, and a partial chunk is never marked present.
+        """
+        first, last = cursor
+        stream = getattr(self._source, "stream", None)
+        if stream is None:
+            obj.streams.remove(cursor)
+            for index in range(first, last + 1):
+                await self._ensure(obj, index, demand=False)
+            return
+        path, size = obj.entry.path, obj.entry.size
+
+        async def attempt() -> None:
+            index = first
+            while index <= last and obj.state[index] == _PRESENT:
+                index += 1
+            if index > last:
+                return
+            cursor[0] = index
+            start, end = self.layout.span(index, size)[0], self.layout.span(last, size)[1]
+            c_start, c_end = self.layout.span(index, size)
+            buf = bytearray()
+            writes: set[asyncio.Task[None]] = set()
+            try:
+                async for piece in stream(path, start, end - start, piece_size=self.layout.chunk_bytes):
+                    view = memoryview(piece)
+                    self.progress.fetched(len(view), "background")
+                    pos = 0
+                    while index <= last:
+                        need = (c_end - c_start) - len(buf)
+                        if len(view) - pos < need:
+                            buf += view[pos:]
+                            break
+                        if buf:
+                            buf += view[pos : pos + need]
+                            chunk: bytes | memoryview = bytes(buf)
+                            buf.clear()
+                        else:
+                            chunk = view[pos : pos + need]  # zero-copy slice of the received piece
+                        pos += need
+                        # Write while the next piece downloads; at most a few chunks in flight.
+                        writes.add(asyncio.ensure_future(self._store_chunk(obj, index, chunk)))
+                        if len(writes) >= 3:
+                            _done, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
+                            for task in _done:
+                                task.result()
+                        index += 1
+                        cursor[0] = index
+                        if index <= last:
+                            c_start, c_end = self.layout.span(index, size)
+                    if pos < len(view) and index > last:
+                        buf += view[pos:]
+                    if self.passthrough_reason is not None:
+                        return
+            finally:
+                if writes:
+                    for task in (await asyncio.wait(writes))[0]:
+                        task.result()
+            if index <= last or buf:
+                raise ShortFetchError(
+                    f"{self._source.name} ended the stream of {path!r} at chunk {index} of {first}..{last}",
+                    hint="the transfer was cut short; it resumes at the first missing chunk",
+                )
+
+        def on_retry(attempt_no: int, exc: BaseException, delay: float) -> None:
+            self._retries.inc()
+            log.warning("ciphertext stream failed; resuming", path=path, chunk=cursor[0], attempt=attempt_no,
+                        delay_s=round(delay, 2), error=str(exc))
+
+        try:
+            await retry_call(attempt, self._backoff, retry_on=_transient, on_retry=on_retry)
+        finally:
+            obj.streams.remove(cursor)
+            obj.notify()
+
+    def _after_present(self, obj: _Object) -> None:
+        complete = obj.complete
+        if complete and not obj.complete_announced:
+            obj.complete_announced = True
+            self.progress.object_complete()
+        if obj.dirty and (complete or obj.dirty >= self._persist_every):
+            self._schedule_persist(obj)
+
+    async def _fetch_range(self, obj: _Object, offset: int, length: int, reason: str) -> bytes:
+        """Fetch from the source with bounded retries; a short body counts as a transient failure."""
+        path = obj.entry.path
+        expected = min(length, obj.entry.size - offset)
+
+        async def attempt() -> bytes:
+            data = await self._source.read(path, offset, length)
+            if len(data) != expected:
+                raise ShortFetchError(
+                    f"{self._source.name} returned {len(data)} of {expected} bytes of {path!r} at offset {offset}",
+                    hint="the transfer was cut short; it is retried",
+                )
+            return data
+
+        def on_retry(attempt_no: int, exc: BaseException, delay: float) -> None:
+            self._retries.inc()
+            log.warning("ciphertext fetch failed; retrying", path=path, offset=offset, attempt=attempt_no,
+                        delay_s=round(delay, 2), error=str(exc))
+
+        data = await retry_call(attempt, self._backoff, retry_on=_transient, on_retry=on_retry)
+        self.progress.fetched(len(data), reason)
+        return data
+
+    # -- cache persistence and failure -------------------------------------------------------------
+    def _disable(self, exc: OSError) -> None:
+        if self.passthrough_reason is not None:
+            return
+        kind = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
+        what = "disk full" if kind == "disk_full" else (exc.strerror or str(exc))
+        self.passthrough_reason = f"{what} in {self._dir}"
+        self._errors.labels(kind=kind).inc()
+        self._enabled.set(0)
+        log.error(
+            "ciphertext cache disabled; serving reads from the source directly",
+            cache_dir=str(self._dir),
+            reason=what,
+            hint="free space or point cache_dir at a larger disk, then restart cachefs to resume caching",
+        )
+
+    def _schedule_persist(self, obj: _Object) -> None:
+        record = ChunkRecord(obj.entry.path, obj.entry.size, obj.entry.etag, self.layout, dict(obj.digests))
+        obj.dirty = 0
+        data = encode_record(record)
+        task = asyncio.ensure_future(self._persist(obj, data))
+        self._persisting.add(task)
+        task.add_done_callback(self._persisting.discard)
+
+    async def _persist(self, obj: _Object, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(_write_atomic, obj.record_path, data)
+        except OSError as exc:
+            self._disable(exc)
+
+    # -- background download -----------------------------------------------------------------------
+    def start_download(self) -> asyncio.Task[None]:
+        """Start (once) the background fill of every file; returns its task."""
+        if self._entries is None:
+            raise CacheError("start_download() called before list_tree()", hint="list the volume first")
+        if self._download is None:
+            jobs = iter(self._jobs())
+            # Claim the first runs now, not when the task first runs: a read issued right after
+            # this call then waits for those streams instead of fetching the same bytes again.
+            claimed = [job for job in (self._claim(jobs) for _ in range(self._download_concurrency)) if job]
+            self._download = asyncio.ensure_future(self._download_all(jobs, claimed))
+        return self._download
+
+    async def download_all(self) -> None:
+        """Fetch the whole volume into the cache (eager mode); raise if some chunks failed."""
+        if self._entries is None:
+            await self.list_tree()
+        await self.start_download()
+        if self.download_errors:
+            raise CacheError(
+                f"{len(self.download_errors)} chunk(s) of {self._source.name} could not be downloaded; "
+                f"first: {self.download_errors[0]}",
+                hint="check the object store; reads of those ranges will be retried on demand",
+            )
+
+    def _jobs(self) -> Iterable[tuple[_Object, int, int]]:
+        """Runs of missing chunks (at most ``max_fetch_bytes`` each), small objects first.
+
+        Small objects are the metadata (conf, diriv, long names) the mount needs first. State is
+        read lazily, so chunks that demand reads fetched meanwhile are skipped.
+        """
+        for obj in sorted(self._objects.values(), key=lambda o: (o.entry.size, o.entry.path)):
+            index, count = 0, len(obj.state)
+            while index < count:
+                if obj.state[index] == _UNVERIFIED:
+                    yield obj, index, -1  # verify a reused chunk (re-fetched alone if corrupt)
+                    index += 1
+                    continue
+                if obj.state[index] == _PRESENT:
+                    index += 1
+                    continue
+                last = index
+                while last + 1 < count and last + 1 - index < self._run_chunks and obj.state[last + 1] == _ABSENT:
+                    last += 1
+                yield obj, index, last
+                index = last + 1
+
+    def _claim(self, jobs: Iterable[tuple[_Object, int, int]]) -> tuple[_Object, list[int]] | None:
+        """Take the next job; a run is registered as a stream at once so demand reads can wait for it."""
+        for obj, first, last in jobs:
+            cursor = [first, last]
+            if last >= 0:
+                obj.streams.append(cursor)
+            return obj, cursor
+        return None
+
+    async def _download_all(
+        self, jobs: Iterable[tuple[_Object, int, int]], claimed: list[tuple[_Object, list[int]]]
+    ) -> None:
+        async def worker(job: tuple[_Object, list[int]] | None) -> None:
+            while job is not None:
+                obj, cursor = job
+                first, last = cursor
+                try:
+                    if self.passthrough_reason is not None:
+                        if last >= 0:
+                            obj.streams.remove(cursor)
+                            obj.notify()
+                        return
+                    if last < 0:
+                        await self._ensure(obj, first, demand=False)
+                    else:
+                        await self._fill_run(obj, cursor)
+                except SourceError as exc:
+                    self.download_errors.append(str(exc))
+                    self._errors.labels(kind="download").inc()
+                    log.error("background download failed", path=obj.entry.path, chunk=first, error=str(exc))
+                job = self._claim(jobs)
+
+        try:
+            await asyncio.gather(*(worker(job) for job in claimed))
+        finally:
+            for obj, cursor in claimed:
+                if cursor in obj.streams:
+                    obj.streams.remove(cursor)
+                    obj.notify()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every dirty sidecar now and wait for pending writes."""
+        for obj in self._objects.values():
+            if obj.dirty:
+                self._schedule_persist(obj)
+        while self._persisting:
+            await asyncio.gather(*list(self._persisting), return_exceptions=True)
+
+    @property
+    def complete(self) -> bool:
+        """True once every file is entirely in the cache."""
+        return self._entries is not None and all(o.complete for o in self._objects.values())
+
+    def data_file(self, path: str) -> Path | None:
+        """The sparse ciphertext file of ``path`` if it is completely cached (for mmap-based readers)."""
+        obj = self._objects.get(path)
+        return obj.data_path if obj is not None and obj.complete else None
+
+    async def close(self) -> None:
+        if self._download is not None and not self._download.done():
+            self._download.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._download
+        for obj in self._objects.values():
+            for task in list(obj.inflight.values()):
+                task.cancel()
+            if obj.inflight:
+                await asyncio.gather(*obj.inflight.values(), return_exceptions=True)
+        await self.flush()
+        await self._source.close()

@@ -1,0 +1,1 @@
+"""Ciphertext sources: where cachefs fetches encrypted volume bytes from (local dir, object store)."""
