@@ -60,19 +60,6 @@ class Notify:
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-def secret() -> bytes:
-    return b"aa-daemon-secret-" + os.urandom(8).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repo" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repo"
-
-
 async def start_aa(tmp_path: Path, *extra: str, kbs_url: str | None = None):
     notify = Notify(tmp_path / "notify.sock")
     port = free_port()

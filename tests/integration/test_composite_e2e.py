@@ -9,8 +9,6 @@ Trustee accepted, the AA service sets the GPUs' CC ready state; after a refusal 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from agents.retry import Backoff
@@ -29,19 +27,6 @@ from trustee_standin.verifiers import nvidia as standin_nvidia
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
 REPORT = load_hex_report(UPSTREAM / "trustee/nvidia/hopper_coco_report1.txt")
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return b"model-password-" + os.urandom(12).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repository" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repository"
 
 
 def tdx_attester(tmp_path) -> TdxAttester:

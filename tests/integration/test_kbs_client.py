@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import time
 
 import pytest
@@ -32,19 +31,6 @@ from trustee_standin.server import StandinServer
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
 FAST = Backoff(initial=0.01, maximum=0.05, attempts=3)
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return b"model-password-" + os.urandom(12).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repository" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repository"
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ stand-in make the agent and the stand-in disagree on purpose.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from agents.retry import Backoff
@@ -32,19 +30,6 @@ from trustee_standin.verifiers import register_verifier
 MODEL_KEY = "default/aliyun/model-decryption-key"
 FAST = Backoff(initial=0.01, maximum=0.05, attempts=2)
 REPORT = load_hex_report(UPSTREAM / "trustee/nvidia/hopper_coco_report1.txt")
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return b"model-password-" + os.urandom(12).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repository" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repository"
 
 
 def coco(repository) -> StandinConfig:

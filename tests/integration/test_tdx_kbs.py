@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 from typing import Any
 
@@ -34,19 +33,6 @@ from trustee_standin.server import StandinServer
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
 FAST = Backoff(initial=0.01, maximum=0.05, attempts=2)
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return b"model-password-" + os.urandom(12).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repository" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repository"
 
 
 @pytest.fixture

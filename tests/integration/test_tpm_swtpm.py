@@ -6,7 +6,6 @@ import asyncio
 import base64
 import datetime
 import hashlib
-import os
 
 import pytest
 from cryptography import x509
@@ -183,19 +182,6 @@ def test_bad_configuration_is_refused():
         TpmAttesterConfig(ak_handle=0x80000001)
     with pytest.raises(EvidenceError, match="outside"):
         TpmAttesterConfig(pcrs=(0, 24))
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return b"model-password-" + os.urandom(12).hex().encode()
-
-
-@pytest.fixture
-def repository(tmp_path, secret):
-    path = tmp_path / "repository" / "default" / "aliyun"
-    path.mkdir(parents=True)
-    (path / "model-decryption-key").write_bytes(secret)
-    return tmp_path / "repository"
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
