@@ -39,6 +39,10 @@ COMMANDS: tuple[Command, ...] = (
             "Operator check: run the RCAR handshake against a Trustee (dialect auto-detected), print what "
             "happened as JSON and, with --resource, fetch one resource (its value is never printed, only "
             "its size and SHA-256)."),
+    Command("gateway", "gateway.daemon", "run the TNG-compatible gateway (rats-tls egress, verifying ingress)",
+            "Gateway: runs the add_egress/add_ingress entries of a TNG JSON config (--config, the file "
+            "`tng launch -c` takes) or an egress derived from cai.env MODEL_SERVICE_PORT and caiOptions "
+            "tng-http-secure-ports; serves /livez /readyz /metrics on control_interface.restful."),
     Command("cachefs", "cachefs.daemon", "mount the decrypted model read-only (gocryptfs volumes); 'encrypt' makes one",
             "cachefs: serves a gocryptfs-encrypted model (local directory or object storage) as a read-only FUSE "
             "mount at MODEL_MOUNT_POINT once the model key is available; 'cai cachefs encrypt SRC DST --passfile F' "

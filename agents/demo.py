@@ -110,23 +110,97 @@ def _digest(value: bytes) -> str:
     return f"{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()[:16]}…"
 
 
+def _memory_dir(prefix: str) -> tuple[Path, bool]:
+    """A private directory on tmpfs for the secrets (the data hub refuses persistent disk)."""
+    shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp below it, mode 0700
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=shm)), True
+    return Path(tempfile.mkdtemp(prefix=prefix)), False
+
+
+def _example_model(root: Path) -> dict[str, str]:
+    """A tiny stand-in for a model directory (what vLLM would load); returns sha256 per file."""
+    files = {
+        "config.json": json.dumps({"architectures": ["DemoForCausalLM"], "hidden_size": 64}).encode(),
+        "tokenizer/tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "BPE"}}).encode(),
+        "model-00001-of-00001.safetensors": os.urandom(3 * 1024 * 1024 + 4097),
+        "README with spaces and ünïcode.md": b"demo model weights, encrypted with gocryptfs\n",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+class Daemons:
+    """Starts ``cai`` daemons as real processes and waits for their READY=1, like systemd."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, workdir: Path, timeout: float) -> None:
+        self.stack, self.workdir, self.timeout = stack, workdir, timeout
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.notify: dict[str, NotifyListener] = {}
+
+    async def start(self, name: str, argv: list[str], env: dict[str, str]) -> str:
+        notify = NotifyListener(self.workdir / f"{name}.notify")
+        self.stack.callback(notify.close)
+        self.notify[name] = notify
+        full_env = {**{k: v for k, v in os.environ.items()
+                       if not k.startswith(("CAI_", "TRUSTEE_", "MODEL_", "ALT_"))},
+                    **env, "NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1"}
+        proc = await self.stack.enter_async_context(
+            _process([sys.executable, "-m", "agents.cli", *argv], self.workdir / f"{name}.log", full_env))
+        self.procs[name] = proc
+        deadline = time.monotonic() + self.timeout
+        while "READY=1" not in notify.drain():
+            if proc.returncode is not None:
+                raise RuntimeError(f"`cai {argv[0]}` exited with {proc.returncode}: {self.last_error(name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"`cai {argv[0]}` not ready within {self.timeout:g} s: {self.last_error(name)}")
+            await asyncio.sleep(0.02)
+        return f"READY=1 via sd_notify (pid {proc.pid})"
+
+    def last_error(self, name: str) -> str:
+        try:
+            lines = (self.workdir / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        errors = [line for line in lines if '"error"' in line or "fatal" in line]
+        return (errors or lines or ["no output"])[-1][:400]
+
+    async def stop(self, name: str) -> int:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), self.timeout)
+        await self.notify[name].wait_for("STOPPING=1", 2)
+        return code
+
+
 async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> None:
-    from attestation_agent.aa_client import AaClient
+    import aiohttp
+
     from attestation_agent.kbs import token as token_codec
-    from attestation_agent.kbs.client import KbsClient, KbsClientConfig
     from attestation_agent.kbs.dialect import Dialect
+    from cachefs.encryptor import encrypt_directory
     from trustee_standin.config import StandinConfig
     from trustee_standin.server import StandinServer
 
     repo_a, repo_b = workdir / "trustee-a", workdir / "trustee-b"
-    model_key, alt_key = os.urandom(32).hex().encode(), os.urandom(32).hex().encode()
+    model_key = os.urandom(24).hex().encode() + b"\n"  # a gocryptfs passfile: the first line is the password
+    alt_key = os.urandom(32).hex().encode()
     for repo, path, value in ((repo_a, MODEL_KEY, model_key), (repo_b, ALT_KEY, alt_key)):
-        target = repo / path
-        target.parent.mkdir(parents=True)
-        target.write_bytes(value)
+        (repo / path).parent.mkdir(parents=True)
+        (repo / path).write_bytes(value)
+    plain, cipher, mount_point = workdir / "model-plain", workdir / "model-cipher", workdir / "model"
+    for directory in (plain, cipher, mount_point):
+        directory.mkdir()
+    resources_parent, on_tmpfs = _memory_dir("cai-demo-run-")
+    resources = resources_parent / "resources"
 
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(lambda: __import__("shutil").rmtree(resources_parent, ignore_errors=True))
+        daemons = Daemons(stack, workdir, args.timeout)
         trustees: dict[str, StandinServer] = {}
+        digests: dict[str, str] = {}
 
         async def start_trustees() -> str:
             trustees["a"] = await stack.enter_async_context(
@@ -135,39 +209,37 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
                 StandinServer(StandinConfig(dialect=Dialect.V0_4_0, repository=repo_b, fault_endpoint=False)))
             return f"A {trustees['a'].api_url} (KBS 0.1.0, like Trustee 1.5), B {trustees['b'].url} (KBS 0.4.0)"
 
-        if not await report.step("start local Trustee stand-ins A and B", start_trustees):
+        if not await report.step("start local Trustee stand-ins A (model key) and B (RAG key)", start_trustees):
             return
 
-        notify = NotifyListener(workdir / "notify.sock")
-        stack.callback(notify.close)
+        async def encrypt_model() -> str:
+            digests.update(_example_model(plain))
+            result = await asyncio.to_thread(encrypt_directory, plain, cipher, model_key)
+            return (f"{result.files} files, {result.plain_bytes} bytes -> {cipher.name}/ with our "
+                    "gocryptfs-compatible encryptor")
+
+        if not await report.step("encrypt an example model directory (gocryptfs format)", encrypt_model):
+            return
+
         aa_socket, rest_port = workdir / "aa.sock", _free_port()
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1"}
-        env.pop("TRUSTEE_URL", None)
-        argv = [sys.executable, "-m", "agents.cli", "aa", "--socket", str(aa_socket),
-                "--rest-listen", f"127.0.0.1:{rest_port}", "--kbs-url", trustees["a"].api_url]
+        aa_argv = ["aa", "--socket", str(aa_socket), "--rest-listen", f"127.0.0.1:{rest_port}",
+                   "--cdh-socket", str(workdir / "cdh.sock"), "--kbs-url", trustees["a"].api_url]
 
         async def refuse_sample() -> str:
             proc = await asyncio.create_subprocess_exec(
-                *argv, "--socket", str(workdir / "refused.sock"), "--rest-listen", "off",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+                sys.executable, "-m", "agents.cli", *aa_argv[:1], "--socket", str(workdir / "refused.sock"),
+                "--rest-listen", "off", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             _, err = await asyncio.wait_for(proc.communicate(), args.timeout)
             if proc.returncode == 0 or b"sample" not in err:
                 raise RuntimeError("the attestation agent started without TEE hardware or --allow-sample")
             return f"refused without --allow-sample (exit {proc.returncode}): fail closed"
 
         await report.step("attestation agent refuses the sample TEE by default", refuse_sample)
-
-        aa = await stack.enter_async_context(_process([*argv, "--allow-sample"], workdir / "aa.log", env))
-
-        async def wait_ready() -> str:
-            await notify.wait_for("READY=1", args.timeout)
-            return f"READY=1 via sd_notify (pid {aa.pid}, socket {aa_socket})"
-
-        if not await report.step("start `cai aa --allow-sample` (sample TEE)", wait_ready):
+        if not await report.step("start `cai aa --allow-sample` (sample TEE)",
+                                 lambda: daemons.start("aa", [*aa_argv, "--allow-sample"], {})):
             return
 
         async def rest_token() -> str:
-            import aiohttp
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"http://127.0.0.1:{rest_port}/aa/token?token_type=kbs") as resp:
                     body = await resp.read()
@@ -179,31 +251,63 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
 
         await report.step("AA attests to Trustee A (api-server-rest /aa/token)", rest_token)
 
-        aa_client = AaClient(str(aa_socket))
-        stack.push_async_callback(aa_client.close)
-        for label, path, expected, url in (
-            ("model key from Trustee A (0.1.0, /api gateway)", MODEL_KEY, model_key, trustees["a"].api_url),
-            ("RAG key from Trustee B (0.4.0, bare KBS)", ALT_KEY, alt_key, trustees["b"].url),
-        ):
-            async def fetch(url: str = url, path: str = path, expected: bytes = expected) -> str:
-                async with KbsClient(KbsClientConfig(url=url), aa_client) as client:
-                    value = await client.get_resource(path)
-                    dialect = (await client.attestation()).dialect.value
-                if value != expected:
-                    raise RuntimeError("resource value differs from what the Trustee holds")
-                return f"dialect {dialect} auto-detected; {_digest(value)} matches"
+        cdh_env = {"TRUSTEE_URL": trustees["a"].api_url, "MODEL_KEY_ID": f"kbs:///{MODEL_KEY}",
+                   "ALT_TRUSTEE_URL": trustees["b"].url, "ALT_KEY_ID": f"kbs:///{ALT_KEY}"}
+        cdh_argv = ["cdh", "--resources-dir", str(resources), "--socket", str(workdir / "cdh.sock"),
+                    "--aa-socket", str(aa_socket)]
+        if not on_tmpfs:
+            cdh_argv.append("--allow-persistent-storage")
 
-            await report.step(f"fetch {label}", fetch)
+        async def start_cdh() -> str:
+            ready = await daemons.start("cdh", cdh_argv, cdh_env)
+            return f"{ready}; resources in {resources}{'' if on_tmpfs else ' (NOT tmpfs: override used)'}"
 
-        async def stop_aa() -> str:
-            aa.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(aa.wait(), args.timeout)
-            await notify.wait_for("STOPPING=1", 2)
-            if code != 0:
-                raise RuntimeError(f"exit code {code}")
-            return "SIGTERM -> STOPPING=1, exit 0"
+        if not await report.step("start `cai cdh` (data hub, two Trustees)", start_cdh):
+            return
 
-        await report.step("stop the attestation agent", stop_aa)
+        async def check_resources() -> str:
+            out = []
+            for name, expected in (("model-key", model_key), ("alt-key", alt_key)):
+                path = resources / name
+                if path.read_bytes() != expected:
+                    raise RuntimeError(f"{path} differs from what the Trustee holds")
+                out.append(f"{name} {oct(path.stat().st_mode & 0o777)} {_digest(expected)}")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{rest_port}/cdh/resource/{ALT_KEY}") as resp:
+                    if resp.status != 200 or await resp.read() != alt_key:
+                        raise RuntimeError(f"GET :{rest_port}/cdh/resource answered {resp.status}")
+            return "; ".join(out) + f"; also served at :{rest_port}/cdh/resource/…"
+
+        await report.step("resources materialised (0.1.0 and 0.4.0 auto-detected)", check_resources)
+
+        async def start_cachefs() -> str:
+            ready = await daemons.start("cachefs", ["cachefs", "--mount-point", str(mount_point), "--cipher-dir",
+                                                    str(cipher), "--key-file", str(resources / "model-key")], {})
+            return f"{ready}; plaintext at {mount_point}"
+
+        if await report.step("start `cai cachefs` (FUSE mount of the encrypted model)", start_cachefs):
+            async def read_model() -> str:
+                def compare() -> int:
+                    seen = {str(p.relative_to(mount_point)): hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in mount_point.rglob("*") if p.is_file()}
+                    if seen != digests:
+                        raise RuntimeError(f"mount shows {sorted(seen)} with different bytes than the model")
+                    return sum(p.stat().st_size for p in mount_point.rglob("*") if p.is_file())
+
+                size = await asyncio.to_thread(compare)
+                return f"{len(digests)} files, {size} bytes, byte-identical to the plaintext (sha256)"
+
+            await report.step("vLLM's view: read the model through the mount", read_model)
+
+        async def stop_all() -> str:
+            codes = {name: await daemons.stop(name) for name in reversed(list(daemons.procs))}
+            if any(codes.values()):
+                raise RuntimeError(f"exit codes {codes}")
+            if os.path.ismount(mount_point):
+                raise RuntimeError(f"{mount_point} is still mounted")
+            return "SIGTERM -> STOPPING=1, exit 0 for " + ", ".join(codes) + "; mount removed"
+
+        await report.step("stop the daemons", stop_all)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -80,6 +80,12 @@ async def get_tee(request: web.Request) -> web.Response:
     return web.json_response(request.app[AGENT_KEY].describe())
 
 
+async def get_info(request: web.Request) -> web.Response:
+    """api-server-rest ``GET /info``: stock TNG's ``coco_asr`` provider reads the TEE type here."""
+    agent = request.app[AGENT_KEY]
+    return web.json_response({"tee": agent.tee, "additional_tees": agent.additional_tees})
+
+
 async def post_aael(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > 4 * MAX_EVENT_FIELD:
         return json_error(413, "runtime measurement event is too large")
@@ -121,6 +127,7 @@ def build_app(agent: AttestationAgent, health: HealthState, metrics: Metrics, *,
     app.router.add_get("/aa/evidence", get_evidence)
     app.router.add_get("/aa/additional-evidence", get_additional_evidence)
     app.router.add_get("/aa/tee", get_tee)
+    app.router.add_get("/info", get_info)
     app.router.add_post("/aa/aael", post_aael)
     if cdh_socket:
         add_cdh_bridge(app, cdh_socket)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gocryptfs swtpm swtpm-tools tpm2-tools libtss2-dev
-              iptables iproute2 nginx-light gcc libssl-dev)
+              iptables iproute2 nginx-light libnginx-mod-stream gcc libssl-dev)
 PYTHON=${PYTHON:-python3}
 
 need_apt=()

@@ -172,9 +172,13 @@ async def certificate(request: web.Request) -> web.Response:
 
 
 async def challenge(request: web.Request) -> web.Response:
+    """Trustee >= 1.6 AS challenge: a nonce plus a signed challenge JWT, which TNG >= 2.2.6 (OHTTP
+    background check) requires as ``extra-params.jwt``."""
     await read_body(request)
+    state = request.app[STATE]
     nonce = base64.b64encode(os.urandom(32)).decode("ascii")
-    return web.json_response({"nonce": nonce, "extra-params": ""})
+    jwt = state.tokens.challenge_jwt(nonce, alg=state.config.as_token_alg)
+    return web.json_response({"nonce": nonce, "extra-params": {"jwt": jwt}})
 
 
 _ROUTES = {"attestation": ("POST", "as", attestation), "certificate": ("GET", "certificate", certificate),

@@ -116,6 +116,16 @@ class TokenService:
         token.add_signature(jose_jwk.JWK.from_pyca(signer.key), alg=alg, protected=_compact(header))
         return str(token.serialize(compact=True))
 
+    def challenge_jwt(self, nonce: str, *, alg: str = KBS_TOKEN_ALG, lifetime_s: float = 300.0) -> str:
+        """The AS ``/challenge`` JWT (Trustee >= 1.6): the nonce, signed, so the AS can later check a
+        challenge it issued without keeping state."""
+        now = int(self._clock())
+        signer = self._signers[alg]
+        header = {"typ": "JWT", "alg": alg, "jwk": public_jwk(signer)}
+        token = jose_jws.JWS(_compact({"nonce": nonce, "iat": now, "exp": int(now + lifetime_s)}).encode())
+        token.add_signature(jose_jwk.JWK.from_pyca(signer.key), alg=alg, protected=_compact(header))
+        return str(token.serialize(compact=True))
+
     def verify(self, token: str) -> dict[str, Any]:
         """Verify signature (own signers only, algorithm pinned by key type) and ``exp``."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN or token.count(".") != 2:

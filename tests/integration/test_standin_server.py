@@ -887,3 +887,15 @@ async def test_cli_serves_and_stops_on_sigterm(tmp_path, ca_dir, http, rsa_key):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_as_challenge_carries_a_signed_jwt(standin, http):
+    """Trustee >= 1.6 AS /challenge: nonce + extra-params.jwt signed by the AS key (TNG OHTTP needs it)."""
+    server = await standin()
+    async with http.post(f"{server.as_url}/challenge", json={}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    claims = unverified_claims(body["extra-params"]["jwt"])
+    assert claims["nonce"] == body["nonce"] and len(base64.b64decode(body["nonce"])) == 32
+    assert claims["exp"] > claims["iat"]
+    server.state.tokens.verify(body["extra-params"]["jwt"])  # signed by the stand-in's own AS key

@@ -1,0 +1,125 @@
+"""Keeps the egress's attested rats-tls certificate fresh and hands out the current SSLContext.
+
+Attestation stays off the connection path: a new P-256 key, evidence bound to it and a new
+certificate are made every ``refresh_interval`` seconds in the background (TNG: 600 s), and every
+handshake in between reuses the current context. A failed refresh keeps serving the previous
+certificate until it is older than its validity; the egress is not ready before the first one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agents.logsetup import get_logger
+from gateway.attester import EvidenceProvider
+from gateway.errors import GatewayError
+from gateway.ratls_cert import (
+    EvidenceRecord,
+    binding_claims,
+    build_certificate,
+    report_data,
+    runtime_data_text,
+    spki_der,
+)
+
+log = get_logger("gateway.cert")
+
+MIN_REFRESH = 10.0
+SHM = "/dev/shm"  # noqa: S108 - tmpfs chosen on purpose (keys must not touch disk)
+
+
+def server_context(cert_der: bytes, key: ec.EllipticCurvePrivateKey, alpn: str) -> ssl.SSLContext:
+    """A TLS 1.3-only server context presenting ``cert_der`` and offering exactly one ALPN protocol."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols([alpn])
+    # load_cert_chain only reads files: use a private temporary directory and remove it at once.
+    # The private key must never reach persistent disk: prefer the tmpfs /dev/shm.
+    with tempfile.TemporaryDirectory(prefix="cai-gw-", dir=SHM if os.path.isdir(SHM) else None) as d:
+        cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        with open(os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+            fh.write(ssl.DER_cert_to_PEM_cert(cert_der).encode("ascii"))
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+class AttestedCertManager:
+    """Produces attested certificates with evidence from ``provider`` (or plain ones for ``no_ra``)."""
+
+    def __init__(self, provider: EvidenceProvider | None, *, alpn: str, refresh_interval: float = 600.0,
+                 clock: Callable[[], datetime.datetime] | None = None) -> None:
+        self.provider = provider
+        self.alpn = alpn
+        self.refresh_interval = max(float(refresh_interval), MIN_REFRESH)
+        self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self._context: ssl.SSLContext | None = None
+        self.cert_der: bytes | None = None
+        self.refreshes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            raise GatewayError("no attested certificate yet", hint="the first refresh has not succeeded")
+        return self._context
+
+    @property
+    def ready(self) -> bool:
+        return self._context is not None
+
+    async def refresh(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = self._clock() - datetime.timedelta(minutes=1)
+        if self.provider is None:  # no_ra: a plain self-signed certificate, debug only
+            record = None
+        else:
+            runtime = runtime_data_text(binding_claims(spki_der(key.public_key())))
+            evidence = await self.provider.evidence(report_data(runtime))
+            record = EvidenceRecord(tee_type=await self.provider.tee_type(), aa_evidence=evidence,
+                                    aa_runtime_data=runtime)
+        der = build_certificate(key, record, now) if record else _plain_certificate(key, now)
+        self._context = server_context(der, key, self.alpn)
+        self.cert_der = der
+        self.refreshes += 1
+        log.info("gateway.cert.refreshed", size=len(der), attested=record is not None, alpn=self.alpn)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.error("gateway.cert.refresh_failed", error=str(exc), error_type=type(exc).__name__)
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="gateway-cert-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+def _plain_certificate(key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CAI no_ra debug cert")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(42).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=6))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)

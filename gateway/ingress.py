@@ -1,0 +1,315 @@
+"""Ingress (client side): an HTTP proxy / port mapping that only talks to verified TEEs.
+
+For each client connection whose target matches ``dst_filters`` (all targets when none are given)
+the ingress opens a rats-tls connection (TLS 1.3, ALPN ``rats-tls``) to the target, verifies the
+presented attested certificate through the attestation service (``PeerVerifier``) and only then
+answers ``200`` to ``CONNECT`` or sends the (origin-form) request upstream: no byte of the client's
+request leaves before the peer is verified. A refused peer gets ``502`` with the reason in the body
+and header ``x-cai-gateway-error``, and one structured log line. Targets outside ``dst_filters`` are
+proxied in plaintext, as TNG does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import ssl
+from collections.abc import Coroutine
+from typing import Any
+
+from agents.errors import CaiError
+from agents.logsetup import get_logger
+from gateway import bhttp
+from gateway.config import EndpointFilter, IngressConfig, MappingRule
+from gateway.errors import CertFormatError, GatewayError, VerificationFailed
+from gateway.http_head import MAX_HEAD, ProxyRequestError, parse_origin_request, parse_proxy_request
+from gateway.metrics import GatewayMetrics, Listener
+from gateway.ohttp_client import OhttpClient
+from gateway.relay import close_writer, relay
+from gateway.verifier import PeerVerifier
+
+log = get_logger("gateway.ingress")
+
+CONNECT_TIMEOUT = 15.0
+MAX_OHTTP_BODY = 64 * 1024 * 1024
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding", "te",
+               "trailer", "upgrade", "content-length"}
+HEAD_TIMEOUT = 30.0
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def client_context(alpn: str) -> ssl.SSLContext:
+    """TLS 1.3 client context; the peer's certificate is checked by the attestation path, not PKI."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
+async def ratls_connect(host: str, port: int, *, alpn: str, verifier: PeerVerifier | None) -> Streams:
+    """Connect to a rats-tls egress and verify it; raise GatewayError with the reason otherwise."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=client_context(alpn), server_hostname="tng.internal"),
+            CONNECT_TIMEOUT)
+    except ssl.SSLError as exc:
+        raise VerificationFailed(f"rats-tls handshake with {host}:{port} failed: {exc.reason or exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise GatewayError(f"cannot connect to {host}:{port}: {type(exc).__name__}") from None
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object.selected_alpn_protocol() != alpn:
+            raise VerificationFailed(f"{host}:{port} did not negotiate ALPN {alpn!r}")
+        if verifier is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            await verifier.verify_certificate(der)
+    except BaseException:
+        await close_writer(writer)
+        raise
+    return reader, writer
+
+
+def _matches(flt: EndpointFilter, host: str, port: int) -> bool:
+    if flt.port is not None and not flt.port <= port <= (flt.port_end or flt.port):
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if flt.ip is not None:
+        return address is not None and address == ipaddress.ip_address(flt.ip)
+    if flt.ip_cidr is not None:
+        return address is not None and address in ipaddress.ip_network(flt.ip_cidr, strict=False)
+    if flt.domain is not None:
+        return address is None and fnmatch.fnmatchcase(host.lower(), flt.domain.lower())
+    if flt.domain_regex is not None:
+        import re
+
+        return address is None and re.fullmatch(flt.domain_regex, host) is not None
+    return True
+
+
+class Ingress:
+    """The listener of one ``add_ingress`` entry (``http_proxy`` or ``mapping``)."""
+
+    def __init__(self, config: IngressConfig, metrics: GatewayMetrics, verifier: PeerVerifier | None) -> None:
+        if config.security.rats_tls and config.security.rats_tls.multiplex:
+            raise GatewayError(f"add_ingress[{config.id}].rats_tls.multiplex: the H2 CONNECT framing is not "
+                               "implemented", hint="use multiplex: false (TNG >= 2.7 default) or 'ohttp'")
+        self.ohttp = OhttpClient(verifier) if config.security.ohttp is not None else None
+        self.config = config
+        self.metrics = metrics
+        self.verifier = verifier
+        self.alpn = config.security.alpn
+        self.servers: list[asyncio.Server] = []
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.servers]
+
+    async def start(self) -> None:
+        if self.config.http_proxy is not None:
+            ep = self.config.http_proxy.listen
+            listener = self.metrics.listener("ingress", "http_proxy", self.config.id, f"{ep.host}:{ep.port}")
+
+            async def proxy_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._tracked(self._serve_proxy(reader, writer, listener))
+
+            self.servers.append(await asyncio.start_server(proxy_handler, ep.host, ep.port, backlog=1024))
+        for rule in self.config.mapping:
+            listener = self.metrics.listener("ingress", "mapping", self.config.id,
+                                             f"{rule.listen.host}:{rule.listen.port}")
+
+            async def map_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  rule: MappingRule = rule, listener: Listener = listener) -> None:
+                await self._tracked(self._serve_mapping(reader, writer, rule, listener))
+
+            self.servers.append(await asyncio.start_server(map_handler, rule.listen.host, rule.listen.port,
+                                                           backlog=1024))
+        log.info("gateway.ingress.listening", id=self.config.id, ports=self.ports, alpn=self.alpn)
+
+    async def _tracked(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await coro
+        finally:
+            self.tasks.discard(task)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+        if self.ohttp is not None:
+            await self.ohttp.close()
+        if self.verifier is not None:
+            await self.verifier.close()
+
+    def _protected(self, host: str, port: int) -> bool:
+        filters = self.config.http_proxy.dst_filters if self.config.http_proxy else ()
+        return not filters or any(_matches(f, host, port) for f in filters)
+
+    async def _upstream(self, host: str, port: int, listener: Listener, peer: object) -> Streams | str:
+        """Connected (and verified) upstream streams, or the refusal reason."""
+        try:
+            return await ratls_connect(host, port, alpn=self.alpn, verifier=self.verifier)
+        except (VerificationFailed, CertFormatError, GatewayError, CaiError) as exc:
+            listener.cx_failed.inc()
+            self.metrics.attestation.labels(side="ingress", result="rejected").inc()
+            log.warning("gateway.peer.rejected", side="ingress", id=self.config.id, target=f"{host}:{port}",
+                        client=str(peer), reason=str(exc)[:500])
+            return str(exc)
+
+    async def _serve_mapping(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rule: MappingRule,
+                             listener: Listener) -> None:
+        listener.cx_total.inc()
+        listener.cx_active.inc()
+        try:
+            if self.ohttp is not None:
+                await self._serve_ohttp(reader, writer, None, f"{rule.target.host}:{rule.target.port}", listener)
+                return
+            upstream = await self._upstream(rule.target.host, rule.target.port, listener,
+                                            writer.get_extra_info("peername"))
+            if isinstance(upstream, str):
+                await close_writer(writer)
+                return
+            await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
+        finally:
+            listener.cx_active.dec()
+
+    async def _serve_proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           listener: Listener) -> None:
+        listener.cx_total.inc()
+        listener.cx_active.inc()
+        peer = writer.get_extra_info("peername")
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+                request = parse_proxy_request(head)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                listener.cx_failed.inc()
+                await close_writer(writer)
+                return
+            except ProxyRequestError as exc:
+                listener.cx_failed.inc()
+                await _respond(writer, 400, "Bad Request", str(exc))
+                return
+            if self.ohttp is not None and self._protected(request.host, request.port):
+                if request.connect:
+                    listener.cx_failed.inc()
+                    await _respond(writer, 501, "Not Implemented", "CONNECT is not available in OHTTP mode: send "
+                                   "plain http:// requests through this proxy")
+                    return
+                await self._serve_ohttp(reader, writer, head, f"{request.host}:{request.port}", listener)
+                return
+            if self._protected(request.host, request.port):
+                upstream = await self._upstream(request.host, request.port, listener, peer)
+                if isinstance(upstream, str):
+                    await _respond(writer, 502, "Bad Gateway", "TEE verification failed: " + upstream)
+                    return
+                self.metrics.attestation.labels(side="ingress", result="verified").inc()
+            else:
+                try:
+                    upstream = await asyncio.wait_for(asyncio.open_connection(request.host, request.port),
+                                                      CONNECT_TIMEOUT)
+                except (OSError, TimeoutError) as exc:
+                    listener.cx_failed.inc()
+                    await _respond(writer, 502, "Bad Gateway", f"cannot connect: {type(exc).__name__}")
+                    return
+            if request.connect:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                upstream[1].write(request.origin_form)
+            await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
+        finally:
+            listener.cx_active.dec()
+
+
+    async def _serve_ohttp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes | None,
+                           target: str, listener: Listener) -> None:
+        """One HTTP/1.1 request through the OHTTP tunnel; the answer is streamed back chunked."""
+        assert self.ohttp is not None
+        try:
+            if head is None:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            origin = parse_origin_request(head)
+            fields = dict(origin.headers)
+            if "transfer-encoding" in fields:
+                raise ProxyRequestError("chunked request bodies are not supported in OHTTP mode; send "
+                                        "Content-Length")
+            length = int(fields.get("content-length", "0"))
+            if not 0 <= length <= MAX_OHTTP_BODY:
+                raise ProxyRequestError("request body is too large")
+            body = await reader.readexactly(length) if length else b""
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError, ValueError) \
+                as exc:
+            listener.cx_failed.inc()
+            await _respond(writer, 400, "Bad Request", f"cannot read the request: {exc}"[:200])
+            return
+        headers = [(k, v) for k, v in origin.headers if k not in _HOP_BY_HOP]
+        inner = bhttp.Request(origin.method, "http", fields.get("host", target), origin.path, headers, body)
+        listener.rx_bytes.inc(len(head) + len(body))
+        started = False
+        try:
+            async for item in self.ohttp.request(target, inner):
+                if isinstance(item, tuple):
+                    status, resp_headers = item
+                    lines = [f"HTTP/1.1 {status} {_phrase(status)}".encode()]
+                    lines += [f"{k}: {v}".encode("latin-1") for k, v in resp_headers if k not in _HOP_BY_HOP]
+                    lines += [b"transfer-encoding: chunked", b"connection: close"]
+                    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+                    started = True
+                    self.metrics.attestation.labels(side="ingress", result="verified").inc()
+                elif item:
+                    writer.write(b"%x\r\n%s\r\n" % (len(item), item))
+                    listener.tx_bytes.inc(len(item))
+                    await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (VerificationFailed, CertFormatError, GatewayError, CaiError) as exc:
+            listener.cx_failed.inc()
+            self.metrics.attestation.labels(side="ingress", result="rejected").inc()
+            log.warning("gateway.peer.rejected", side="ingress", id=self.config.id, target=target,
+                        reason=str(exc)[:500])
+            if not started:
+                await _respond(writer, 502, "Bad Gateway", "TEE verification failed: " + str(exc))
+                return
+        except (ConnectionError, OSError):
+            pass
+        await close_writer(writer)
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Status"
+
+
+async def _respond(writer: asyncio.StreamWriter, status: int, phrase: str, message: str) -> None:
+    body = (message.replace("\r", " ").replace("\n", " ")[:1000] + "\n").encode("utf-8", "replace")
+    header = message.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")[:300]
+    writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                 b"x-cai-gateway-error: %s\r\nconnection: close\r\n\r\n" % (status, phrase.encode(), len(body), header)
+                 + body)
+    try:
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    await close_writer(writer)
+
+
+__all__ = ["MAX_HEAD", "Ingress", "client_context", "ratls_connect"]

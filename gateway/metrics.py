@@ -1,0 +1,43 @@
+"""Prometheus metrics with TNG's names (``cx_total``, ``cx_active``, ``cx_failed``, ``tx_bytes_total``,
+``rx_bytes_total``, ``live``) and labels in TNG's spirit (side, type, id, listen), plus attestation
+results, so dashboards written for TNG's OTLP exporter need only a renamed data source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+
+from agents.health import Metrics
+
+LABELS = ("side", "type", "id", "listen")
+
+
+@dataclass
+class Listener:
+    """The metric children of one listener (bound labels, so the hot path does no lookups)."""
+
+    cx_total: Counter
+    cx_active: Gauge
+    cx_failed: Counter
+    tx_bytes: Counter
+    rx_bytes: Counter
+
+
+class GatewayMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._cx_total = metrics.counter("cx_total", "connections accepted", LABELS)
+        self._cx_active = metrics.gauge("cx_active", "connections open now", LABELS)
+        self._cx_failed = metrics.counter("cx_failed", "connections that failed or were refused", LABELS)
+        self._tx = metrics.counter("tx_bytes_total", "bytes sent towards the client side", LABELS)
+        self._rx = metrics.counter("rx_bytes_total", "bytes received from the client side", LABELS)
+        self.live = metrics.gauge("live", "1 while the gateway runs")
+        self.attestation = metrics.counter("attestation_results", "peer verification results (ingress) and "
+                                           "certificate refreshes (egress)", ("side", "result"))
+        self.live.set(1)
+
+    def listener(self, side: str, kind: str, ident: int, listen: str) -> Listener:
+        labels = {"side": side, "type": kind, "id": str(ident), "listen": listen}
+        return Listener(self._cx_total.labels(**labels), self._cx_active.labels(**labels),
+                        self._cx_failed.labels(**labels), self._tx.labels(**labels), self._rx.labels(**labels))
