@@ -299,6 +299,73 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
 
             await report.step("vLLM's view: read the model through the mount", read_model)
 
+        app_port, egress_port, proxy_port = _free_port(), _free_port(), _free_port()
+        app_runner: list[Any] = []
+
+        async def start_app() -> str:
+            from aiohttp import web
+
+            async def completions(request: web.Request) -> web.Response:
+                body = await request.json()
+                return web.json_response({"model": "demo", "choices": [{"text": f"echo: {body.get('prompt')}"}]})
+
+            app = web.Application()
+            app.router.add_post("/v1/completions", completions)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", app_port).start()
+            app_runner.append(runner)
+            stack.push_async_callback(runner.cleanup)
+            return f"a tiny OpenAI-style app on 127.0.0.1:{app_port} (plaintext, inside the TEE)"
+
+        await report.step("start the inference app (stand-in for vLLM)", start_app)
+
+        egress_config = workdir / "gateway-egress.json"
+        egress_config.write_text(json.dumps({"add_egress": [{
+            "mapping": {"in": {"host": "127.0.0.1", "port": egress_port},
+                        "out": {"host": "127.0.0.1", "port": app_port}},
+            "attest": {"aa_addr": f"unix://{aa_socket}"}}]}))
+        ingress_config = workdir / "gateway-ingress.json"
+        ingress_config.write_text(json.dumps({"add_ingress": [{
+            "http_proxy": {"proxy_listen": {"host": "127.0.0.1", "port": proxy_port}},
+            "verify": {"as_addr": trustees["a"].as_url, "policy_ids": ["default"],
+                       "trusted_certs_paths": [str(trustees["a"].ca_cert_path)]}}]}))
+
+        async def start_egress() -> str:
+            ready = await daemons.start("gateway", ["gateway", "--config", str(egress_config)], {})
+            return f"{ready}; rats-tls on :{egress_port} -> app :{app_port}, evidence from the AA"
+
+        gateway_up = await report.step("start `cai gateway` (attested rats-tls egress)", start_egress)
+
+        async def start_ingress() -> str:
+            ready = await daemons.start("ingress", ["gateway", "--config", str(ingress_config)], {})
+            return f"{ready}; client-side HTTP proxy on :{proxy_port}, verifies via Trustee A's AS"
+
+        if gateway_up and await report.step("start the verifying client proxy (`cai gateway` ingress)",
+                                            start_ingress):
+            async def request_through() -> str:
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"http://127.0.0.1:{egress_port}/v1/completions",
+                                         json={"prompt": "hello TEE"},
+                                         proxy=f"http://127.0.0.1:{proxy_port}") as resp:
+                        body = await resp.json(content_type=None)
+                        if resp.status != 200:
+                            raise RuntimeError(f"HTTP {resp.status}: {body}")
+                return f"TEE verified, then answered over rats-tls: {body['choices'][0]['text']!r}"
+
+            await report.step("client request through the proxy (attested, encrypted)", request_through)
+
+            async def plain_refused() -> str:
+                async with aiohttp.ClientSession() as http:
+                    try:
+                        async with http.post(f"http://127.0.0.1:{egress_port}/v1/completions",
+                                             json={"prompt": "plain"}) as resp:
+                            raise RuntimeError(f"a plaintext client got HTTP {resp.status} from the protected port")
+                    except aiohttp.ClientError as exc:
+                        return f"plaintext client refused at :{egress_port} ({type(exc).__name__})"
+
+            await report.step("a plaintext client cannot use the protected port", plain_refused)
+
         async def stop_all() -> str:
             codes = {name: await daemons.stop(name) for name in reversed(list(daemons.procs))}
             if any(codes.values()):

@@ -17,7 +17,8 @@ def test_cai_demo_runs_every_step_successfully():
     assert all(mark == "ok  " for mark, _ in steps), out
     for expected in ("Trustee stand-ins", "encrypt an example model", "refuses the sample TEE",
                      "start `cai aa", "start `cai cdh`", "resources materialised", "start `cai cachefs`",
-                     "read the model through the mount", "stop the daemons"):
+                     "read the model through the mount", "start `cai gateway`", "verifying client proxy",
+                     "client request through the proxy", "plaintext client cannot", "stop the daemons"):
         assert any(expected in title for title in titles), f"missing step {expected!r}:\n{out}"
     assert "all steps succeeded" in out
     assert "token not shown" in out  # the report never prints the token itself
