@@ -50,6 +50,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("standin", "trustee_standin.cli", "run the local Trustee stand-in (development and tests only)",
             "A protocol-exact local stand-in for Trustee (KBS in protocol 0.1.0 or 0.4.0, gateway /api "
             "prefix, attestation service). For development and tests only: it holds test keys."),
+    Command("inject", "agents.inject", "add the four CAI sidecars to a Kubernetes manifest with caiOptions",
+            "Read a Pod or Deployment manifest (YAML or JSON, FILE or - for stdin) whose caiOptions annotation "
+            "(JSON) configures confidential AI, and print it with the attestation agent, data hub, cachefs and "
+            "gateway sidecars, their volumes and mount propagation added."),
+    Command("healthcheck", "agents.healthcheck", "exit 0 if a daemon's /readyz answers 200 (container probes)",
+            "Ask a daemon's health endpoint over its Unix socket (/run/cai/aa.sock, /run/cai/cdh.sock, "
+            "/run/cai/cachefs.sock) or a HOST:PORT listener (the gateway's control interface); exit 0 on 200, "
+            "1 otherwise. Used by the compose healthchecks and the Kubernetes probes."),
     Command("demo", "agents.demo", "run the whole chain locally with the sample TEE and a local Trustee stand-in",
             "Local demonstration with no TEE hardware: starts Trustee stand-ins, the attestation agent "
             "(sample TEE explicitly allowed), attests in both KBS protocol dialects and fetches resources, "

@@ -4,7 +4,7 @@ Why: a model is tens of GB in object storage. The mount must be usable before it
 (lazy mode), a restart must not download it again, and only ciphertext may ever touch the disk
 (plaintext lives in guest RAM only). So each object is mirrored into a sparse file at identical
 offsets, and a small JSON sidecar records which chunks are present together with the object's
-size and ETag and a SHA-256 per chunk.
+size and ETag.
 
 Layout (pure, :class:`ChunkLayout`): gocryptfs files are an 18-byte header followed by 4128-byte
 blocks (16 IV + 4096 data + 16 tag). Chunk 0 is ``[0, 18 + N·4128)`` and chunk ``k ≥ 1`` is
@@ -20,10 +20,17 @@ in-flight table, so a chunk is fetched once whoever asks first. A fetch is retri
 backoff) when the source says the failure is transient or the body came back short; a chunk is
 marked present only after its full bytes were written.
 
+Background fill: by default ONE streamed GET per object (``max_fetch_bytes`` splits large
+objects into several parallel ranged GETs for links where one connection is slower than the
+link; S3 servers that re-read the object per range, like moto, get slower with it). The stream
+is pumped by its own task into a small bounded queue so the socket is always being read, and
+each piece is written by a worker thread at its offset, with no copy and no work on the loop.
+
 Integrity: on restart a sidecar is reused only if the listing's size and ETag equal the recorded
-ones (else that object's cache is discarded); reused chunks are re-hashed on first use and
-re-fetched on mismatch (a power loss may lose data written without fsync). Objects gone from the
-listing are deleted. Entries with no ETag are never reused across restarts.
+ones (else that object's cache is discarded). A recorded chunk is reused only if its range of
+the data file has no hole (:func:`_lost_chunks`: writes lost in a crash come back as holes);
+gocryptfs' GCM tags authenticate every block on decryption.
+Objects gone from the listing are deleted. Entries with no ETag are never reused across restarts.
 
 Disk full (or any cache write error): logged once, counted, and the cache switches to
 **pass-through**: present chunks are still served from disk, everything else is read from the
@@ -39,7 +46,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,17 +152,28 @@ class ChunkLayout:
 
 @dataclass
 class ChunkRecord:
-    """What the sidecar of one cached object says: identity plus per-chunk SHA-256 digests."""
+    """What the sidecar of one cached object says: its identity and which chunks are durably on disk."""
 
     path: str
     size: int
     etag: str | None
     layout: ChunkLayout
-    digests: dict[int, str] = field(default_factory=dict)
+    present: frozenset[int] = field(default_factory=frozenset)
+
+
+def _runs(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted indices as inclusive ``[first, last]`` runs (a complete object is one run)."""
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and runs[-1][1] == index - 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return runs
 
 
 def encode_record(record: ChunkRecord) -> bytes:
-    """Serialise a record as compact JSON (chunk indices as decimal strings, digests as hex)."""
+    """Serialise a record as compact JSON (present chunks as inclusive ``[first, last]`` runs)."""
     doc = {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
@@ -166,7 +185,7 @@ def encode_record(record: ChunkRecord) -> bytes:
             "block": record.layout.block,
             "blocks_per_chunk": record.layout.blocks_per_chunk,
         },
-        "chunks": {str(i): d for i, d in sorted(record.digests.items())},
+        "chunks": _runs(record.present),
     }
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
@@ -208,25 +227,28 @@ def decode_record(data: bytes) -> ChunkRecord:
     except ValueError as exc:
         raise CacheRecordError(f"cache record layout is invalid: {exc}") from None
     chunks = doc.get("chunks")
-    if not isinstance(chunks, dict):
-        raise CacheRecordError("cache record field chunks must be an object")
+    if not isinstance(chunks, list):
+        raise CacheRecordError("cache record field chunks must be a list of [first, last] runs")
     count = layout.count(size)
-    digests: dict[int, str] = {}
-    for key, digest in chunks.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 12):
-            raise CacheRecordError("cache record chunk indices must be decimal strings")
-        index = int(key)
-        if index >= count:
-            raise CacheRecordError(f"cache record names chunk {index} but the object has {count} chunks")
-        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-            raise CacheRecordError(f"cache record digest of chunk {index} is not 64 lowercase hex digits")
-        digests[index] = digest
-    return ChunkRecord(path=path, size=size, etag=etag, layout=layout, digests=digests)
+    present: set[int] = set()
+    previous = -2
+    for run in chunks:
+        if not (isinstance(run, list) and len(run) == 2):
+            raise CacheRecordError("cache record chunk runs must be [first, last] pairs")
+        first = _int(run[0], "chunks[].first", 0, MAX_OBJECT_SIZE)
+        last = _int(run[1], "chunks[].last", 0, MAX_OBJECT_SIZE)
+        if last >= count:
+            raise CacheRecordError(f"cache record names chunk {last} but the object has {count} chunks")
+        if not previous + 1 < first <= last:
+            raise CacheRecordError("cache record chunk runs must be ascending, disjoint and not adjacent")
+        present.update(range(first, last + 1))
+        previous = last
+    return ChunkRecord(path=path, size=size, etag=etag, layout=layout, present=frozenset(present))
 
 
 # -- the I/O shell ------------------------------------------------------------------------------
 
-_ABSENT, _PRESENT, _UNVERIFIED = 0, 1, 2
+_ABSENT, _PRESENT = 0, 1
 
 
 class _Object:
@@ -236,10 +258,11 @@ class _Object:
         "changed",
         "complete_announced",
         "data_path",
-        "digests",
         "dirty",
         "entry",
         "inflight",
+        "persist_again",
+        "persist_task",
         "record_path",
         "state",
         "streams",
@@ -248,11 +271,12 @@ class _Object:
     def __init__(self, entry: SourceEntry, count: int, data_path: Path, record_path: Path) -> None:
         self.entry = entry
         self.state = bytearray(count)
-        self.digests: dict[int, str] = {}
         self.inflight: dict[int, asyncio.Task[bytes]] = {}
         self.data_path = data_path
         self.record_path = record_path
         self.dirty = 0
+        self.persist_task: asyncio.Task[None] | None = None
+        self.persist_again = False
         self.complete_announced = False
         # Background streams in progress: [next chunk index, last chunk index] each.
         self.streams: list[list[int]] = []
@@ -278,8 +302,8 @@ def _transient(exc: BaseException) -> bool:
     return bool(getattr(exc, "transient", False))
 
 
-def _write_chunk(data_path: Path, size: int, start: int, data: bytes | memoryview) -> str:
-    """Thread: write ``data`` at ``start`` of the sparse data file and return its SHA-256."""
+def _write_chunk(data_path: Path, size: int, start: int, data: bytes | memoryview) -> None:
+    """Thread: write ``data`` at ``start`` of the sparse data file."""
     fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if os.fstat(fd).st_size != size:
@@ -290,7 +314,6 @@ def _write_chunk(data_path: Path, size: int, start: int, data: bytes | memoryvie
             written += os.pwrite(fd, view[written:], start + written)
     finally:
         os.close(fd)
-    return hashlib.sha256(data).hexdigest()
 
 
 def _read_range(data_path: Path, offset: int, length: int) -> bytes:
@@ -309,10 +332,6 @@ def _read_range(data_path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
-def _hash_range(data_path: Path, offset: int, length: int) -> str:
-    return hashlib.sha256(_read_range(data_path, offset, length)).hexdigest()
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
@@ -323,6 +342,142 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _lost_chunks(data_path: Path, layout: ChunkLayout, size: int, recorded: Iterable[int]) -> set[int]:
+    """Thread: recorded chunks whose byte range contains a hole in the data file.
+
+    Why this is the crash check: records are written without ``fsync`` (an ``fdatasync`` during
+    the download stalled the writer on the journal and cost more than the download itself), so
+    after a power cut a record may name chunks whose data never reached the disk. Data that was
+    never written back is *unallocated*, i.e. a hole, and reads back as zeros, which gocryptfs
+    would accept as a hole block without authentication. ``SEEK_HOLE`` finds such ranges from
+    file-system metadata alone, without reading the data. (Data that was written back but is
+    corrupt still fails gocryptfs' GCM tag on decryption.)
+    """
+    fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        lost: set[int] = set()
+        for index in recorded:
+            start, end = layout.span(index, size)
+            try:
+                hole = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError:
+                hole = start
+            if hole < end:
+                lost.add(index)
+        return lost
+    finally:
+        os.close(fd)
+
+
+class _StreamSink:
+    """Thread-side writer of one streamed run: pieces go to the data file as they arrive.
+
+    Pieces need not line up with chunks (obstore hands over whatever the socket delivered), so
+    each piece is written at its own offset in one ``pwrite``; a chunk is complete when its last
+    byte has been written. No piece is copied or re-assembled, and the event loop never touches
+    the bytes. (No per-chunk hashing: crash consistency comes from :func:`_persist_record`'s
+    ordering, and a hash pass cost more CPU than the whole download on a 2-core guest.)
+    Used from one worker thread call at a time (the caller awaits each :meth:`feed`).
+    """
+
+    def __init__(self, data_path: Path, size: int, layout: ChunkLayout, first: int, last: int) -> None:
+        self._layout = layout
+        self._size = size
+        self._index = first
+        self._last = last
+        self._pos, self._chunk_end = layout.span(first, size)
+        self._lock = threading.Lock()
+        self._busy = False
+        self._close_pending = False
+        self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(self._fd).st_size != size:
+                os.ftruncate(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @property
+    def position(self) -> int:
+        """Byte offset the next piece must start at."""
+        return self._pos
+
+    def feed(self, piece: bytes | memoryview) -> list[int]:
+        """Write ``piece`` at the current position; return the chunks it completed."""
+        with self._lock:
+            if self._fd < 0 or self._close_pending:
+                raise OSError(errno.EBADF, "the stream sink is closed")
+            self._busy = True
+        try:
+            return self._feed(memoryview(piece).cast("B"))
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._close_pending:
+                    self._close_now()
+
+    def _feed(self, view: memoryview) -> list[int]:
+        end_of_run = self._layout.span(self._last, self._size)[1]
+        if self._pos + len(view) > end_of_run:
+            raise ShortFetchError(f"the stream sent more than the {end_of_run - self._pos} bytes left in the run")
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._fd, view[written:], self._pos + written)
+        done: list[int] = []
+        offset = 0
+        while offset < len(view):
+            take = min(len(view) - offset, self._chunk_end - self._pos)
+            offset += take
+            self._pos += take
+            if self._pos == self._chunk_end:
+                done.append(self._index)
+                self._index += 1
+                if self._index <= self._last:
+                    self._chunk_end = self._layout.span(self._index, self._size)[1]
+        return done
+
+    def close(self) -> None:
+        """Close the file now, or (never blocking the caller) when the running :meth:`feed` returns.
+
+        A cancelled ``await to_thread(feed)`` leaves the thread running; closing its descriptor
+        under it could let a later ``open`` reuse the number and receive the piece's bytes.
+        """
+        with self._lock:
+            if self._busy:
+                self._close_pending = True
+            else:
+                self._close_now()
+
+    def _close_now(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+_END = object()
+
+
+async def _pump(pieces: AsyncIterator[memoryview], queue: asyncio.Queue[Any]) -> None:
+    """Move a stream's pieces into a bounded queue, always keeping one read outstanding.
+
+    obstore (like most HTTP clients) reads the socket only while a ``__anext__`` is pending; a
+    consumer that writes and hashes between reads would stall the transfer once the kernel's
+    socket buffers fill. Errors are handed over in the queue; the stream is always closed.
+    """
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            closer = getattr(pieces, "aclose", None)
+            if closer is not None:
+                stack.push_async_callback(closer)
+            async for piece in pieces:
+                await queue.put(piece)
+        await queue.put(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await queue.put(exc)
 
 
 class CachedSource(CiphertextSource):
@@ -343,11 +498,19 @@ class CachedSource(CiphertextSource):
         demand_concurrency: int = 8,
         backoff: Backoff | None = None,
         persist_every: int = 16,
-        max_fetch_bytes: int = 64 << 20,
+        max_fetch_bytes: int | None = None,
         readahead_chunks: int = 4,
+        stream_piece_bytes: int = 1 << 20,
+        stream_buffer_pieces: int = 8,
+        stream_patience: float = 1.0,
     ) -> None:
-        if min(download_concurrency, demand_concurrency, persist_every, max_fetch_bytes, readahead_chunks) < 1:
-            raise ValueError("concurrency, persist_every, max_fetch_bytes and readahead_chunks must be positive")
+        if max_fetch_bytes is None:
+            max_fetch_bytes = MAX_OBJECT_SIZE
+        numbers = (download_concurrency, demand_concurrency, persist_every, max_fetch_bytes, readahead_chunks,
+                   stream_piece_bytes, stream_buffer_pieces)
+        if min(numbers) < 1:
+            raise ValueError("CachedSource concurrency, persist_every, max_fetch_bytes, readahead_chunks and "
+                             "stream sizes must be positive")
         self._source = source
         self.name = f"cache of {source.name}"
         self._root = Path(cache_dir)
@@ -361,6 +524,9 @@ class CachedSource(CiphertextSource):
         self._persist_every = persist_every
         self._run_chunks = max(1, max_fetch_bytes // self.layout.chunk_bytes)
         self._readahead = readahead_chunks
+        self._piece_bytes = stream_piece_bytes
+        self._patience = stream_patience
+        self._stream_buffer = stream_buffer_pieces
         self._objects: dict[str, _Object] = {}
         self._entries: list[SourceEntry] | None = None
         self._list_lock = asyncio.Lock()
@@ -371,6 +537,10 @@ class CachedSource(CiphertextSource):
         self.progress = DownloadProgress(self.metrics, location=source.name)
         self._retries = self.metrics.counter(
             "cachefs_download_retries_total", "Chunk fetches retried after a transient failure or short body."
+        )
+        self._stalls = self.metrics.counter(
+            "cachefs_stream_stalls_total", "Reads that stopped waiting for a background stream that delivered "
+            "nothing for stream_patience seconds, and fetched on their own."
         )
         self._errors = self.metrics.counter(
             "cachefs_cache_errors_total", "Ciphertext cache problems, by kind.", labels=("kind",)
@@ -471,10 +641,17 @@ class CachedSource(CiphertextSource):
                 with contextlib.suppress(OSError):
                     stale.unlink()
             return 0
+        try:
+            lost = _lost_chunks(obj.data_path, self.layout, entry.size, record.present)
+        except OSError:
+            lost = set(record.present)
+        if lost:
+            log.warning("cached chunks were lost (a crash before they reached the disk); fetching them again",
+                        location=self._source.name, path=entry.path, chunks=len(lost))
+            self._errors.labels(kind="lost").inc(len(lost))
         reused = 0
-        for index, digest in record.digests.items():
-            obj.state[index] = _UNVERIFIED
-            obj.digests[index] = digest
+        for index in record.present - lost:
+            obj.state[index] = _PRESENT
             start, end = self.layout.span(index, entry.size)
             reused += end - start
         return reused
@@ -533,17 +710,25 @@ class CachedSource(CiphertextSource):
             self._errors.labels(kind="io").inc()
             log.error("ciphertext cache read failed", path=obj.entry.path, error=exc.strerror or str(exc))
             for i in self.layout.chunks_for(offset, length, obj.entry.size):
-                obj.state[i] = _ABSENT
-                obj.digests.pop(i, None)
+                if obj.state[i] == _PRESENT:
+                    obj.state[i] = _ABSENT
+                    start, end = self.layout.span(i, obj.entry.size)
+                    self.progress.chunk_dropped(end - start)
             return await self._fetch_range(obj, offset, length, "passthrough")
 
     async def _ensure(self, obj: _Object, index: int, *, demand: bool) -> bytes | None:
         """Make chunk ``index`` present; return its bytes if fetched now, None if it is on disk."""
         if obj.state[index] == _PRESENT:
             return None
-        # A background stream about to deliver this chunk is cheaper to wait for than a new GET.
-        while demand and obj.state[index] != _UNVERIFIED and self._stream_will_deliver(obj, index):
-            await obj.wait_changed().wait()
+        # A background stream about to deliver this chunk is cheaper to wait for than a new GET,
+        # as long as it is moving: a stream that delivers nothing for ``stream_patience`` seconds
+        # (a slow start, a stalled server) no longer holds up the read.
+        while demand and self._stream_will_deliver(obj, index):
+            try:
+                await asyncio.wait_for(obj.wait_changed().wait(), self._patience)
+            except TimeoutError:
+                self._stalls.inc()
+                break
             if obj.state[index] == _PRESENT:
                 return None
         task = obj.inflight.get(index)
@@ -555,22 +740,8 @@ class CachedSource(CiphertextSource):
         return result or None
 
     async def _materialise(self, obj: _Object, index: int, demand: bool) -> bytes:
-        """Verify a reused chunk or fetch and store a missing one; b"" means "on disk"."""
+        """Fetch and store a missing chunk; returns its bytes (the caller may serve them directly)."""
         start, end = self.layout.span(index, obj.entry.size)
-        if obj.state[index] == _UNVERIFIED:
-            try:
-                digest = await asyncio.to_thread(_hash_range, obj.data_path, start, end - start)
-            except OSError:
-                digest = ""
-            if digest == obj.digests.get(index):
-                obj.state[index] = _PRESENT
-                self._after_present(obj)
-                return b""
-            self._errors.labels(kind="corrupt").inc()
-            log.warning("cached chunk failed verification; fetching it again", path=obj.entry.path, chunk=index)
-            obj.state[index] = _ABSENT
-            obj.digests.pop(index, None)
-            self.progress.chunk_dropped(end - start)
         if demand:
             async with self._demand:
                 data = await self._fetch_range(obj, start, end - start, "demand")
@@ -590,13 +761,17 @@ class CachedSource(CiphertextSource):
         if len(data) != end - start:  # callers check; this guards the invariant itself
             raise ShortFetchError(f"refusing to cache {len(data)} bytes as chunk {index} of {obj.entry.path!r}")
         try:
-            digest = await asyncio.to_thread(_write_chunk, obj.data_path, obj.entry.size, start, data)
+            await asyncio.to_thread(_write_chunk, obj.data_path, obj.entry.size, start, data)
         except OSError as exc:
             self._disable(exc)
             return
+        self._mark_present(obj, index)
+
+    def _mark_present(self, obj: _Object, index: int) -> None:
+        """Record a chunk whose bytes are completely written (first writer wins)."""
         if obj.state[index] == _PRESENT:
             return
-        obj.digests[index] = digest
+        start, end = self.layout.span(index, obj.entry.size)
         obj.state[index] = _PRESENT
         obj.dirty += 1
         self.progress.chunk_cached(end - start)
@@ -626,47 +801,41 @@ class CachedSource(CiphertextSource):
                 return
             cursor[0] = index
             start, end = self.layout.span(index, size)[0], self.layout.span(last, size)[1]
-            c_start, c_end = self.layout.span(index, size)
-            buf = bytearray()
-            writes: set[asyncio.Task[None]] = set()
             try:
-                async for piece in stream(path, start, end - start, piece_size=self.layout.chunk_bytes):
-                    view = memoryview(piece)
-                    self.progress.fetched(len(view), "background")
-                    pos = 0
-                    while index <= last:
-                        need = (c_end - c_start) - len(buf)
-                        if len(view) - pos < need:
-                            buf += view[pos:]
-                            break
-                        if buf:
-                            buf += view[pos : pos + need]
-                            chunk: bytes | memoryview = bytes(buf)
-                            buf.clear()
-                        else:
-                            chunk = view[pos : pos + need]  # zero-copy slice of the received piece
-                        pos += need
-                        # Write while the next piece downloads; at most a few chunks in flight.
-                        writes.add(asyncio.ensure_future(self._store_chunk(obj, index, chunk)))
-                        if len(writes) >= 3:
-                            _done, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-                            for task in _done:
-                                task.result()
-                        index += 1
-                        cursor[0] = index
-                        if index <= last:
-                            c_start, c_end = self.layout.span(index, size)
-                    if pos < len(view) and index > last:
-                        buf += view[pos:]
+                sink = await asyncio.to_thread(_StreamSink, obj.data_path, size, self.layout, index, last)
+            except OSError as exc:
+                self._disable(exc)
+                return
+            pieces: asyncio.Queue[Any] = asyncio.Queue(self._stream_buffer)
+            pump = asyncio.ensure_future(
+                _pump(stream(path, start, end - start, piece_size=self._piece_bytes), pieces)
+            )
+            try:
+                while (piece := await pieces.get()) is not _END:
+                    if isinstance(piece, BaseException):
+                        raise piece
+                    self.progress.fetched(len(piece), "background")
+                    # Disk write and hashing in a worker thread; meanwhile the pump keeps reading
+                    # the socket, so the transfer never waits for the disk (and vice versa).
+                    try:
+                        completed = await asyncio.to_thread(sink.feed, piece)
+                    except OSError as exc:
+                        self._disable(exc)
+                        return
+                    for chunk in completed:
+                        self._mark_present(obj, chunk)
+                        cursor[0] = chunk + 1
+                    obj.notify()  # progress: readers waiting for this stream keep waiting
                     if self.passthrough_reason is not None:
                         return
             finally:
-                if writes:
-                    for task in (await asyncio.wait(writes))[0]:
-                        task.result()
-            if index <= last or buf:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                sink.close()
+            if sink.position != end:
                 raise ShortFetchError(
-                    f"{self._source.name} ended the stream of {path!r} at chunk {index} of {first}..{last}",
+                    f"{self._source.name} ended the stream of {path!r} at byte {sink.position} of "
+                    f"{start}..{end} (chunks {first}..{last})",
                     hint="the transfer was cut short; it resumes at the first missing chunk",
                 )
 
@@ -729,18 +898,28 @@ class CachedSource(CiphertextSource):
         )
 
     def _schedule_persist(self, obj: _Object) -> None:
-        record = ChunkRecord(obj.entry.path, obj.entry.size, obj.entry.etag, self.layout, dict(obj.digests))
+        """Write ``obj``'s record soon; one writer per object, so an older record never wins."""
         obj.dirty = 0
-        data = encode_record(record)
-        task = asyncio.ensure_future(self._persist(obj, data))
+        if obj.persist_task is not None and not obj.persist_task.done():
+            obj.persist_again = True
+            return
+        task = asyncio.ensure_future(self._persist(obj))
+        obj.persist_task = task
         self._persisting.add(task)
         task.add_done_callback(self._persisting.discard)
 
-    async def _persist(self, obj: _Object, data: bytes) -> None:
-        try:
-            await asyncio.to_thread(_write_atomic, obj.record_path, data)
-        except OSError as exc:
-            self._disable(exc)
+    async def _persist(self, obj: _Object) -> None:
+        while True:
+            obj.persist_again = False
+            present = frozenset(i for i, state in enumerate(obj.state) if state == _PRESENT)
+            record = ChunkRecord(obj.entry.path, obj.entry.size, obj.entry.etag, self.layout, present)
+            try:
+                await asyncio.to_thread(_write_atomic, obj.record_path, encode_record(record))
+            except OSError as exc:
+                self._disable(exc)
+                return
+            if not obj.persist_again:
+                return
 
     # -- background download -----------------------------------------------------------------------
     def start_download(self) -> asyncio.Task[None]:
@@ -776,10 +955,6 @@ class CachedSource(CiphertextSource):
         for obj in sorted(self._objects.values(), key=lambda o: (o.entry.size, o.entry.path)):
             index, count = 0, len(obj.state)
             while index < count:
-                if obj.state[index] == _UNVERIFIED:
-                    yield obj, index, -1  # verify a reused chunk (re-fetched alone if corrupt)
-                    index += 1
-                    continue
                 if obj.state[index] == _PRESENT:
                     index += 1
                     continue
@@ -793,8 +968,7 @@ class CachedSource(CiphertextSource):
         """Take the next job; a run is registered as a stream at once so demand reads can wait for it."""
         for obj, first, last in jobs:
             cursor = [first, last]
-            if last >= 0:
-                obj.streams.append(cursor)
+            obj.streams.append(cursor)
             return obj, cursor
         return None
 
@@ -804,17 +978,13 @@ class CachedSource(CiphertextSource):
         async def worker(job: tuple[_Object, list[int]] | None) -> None:
             while job is not None:
                 obj, cursor = job
-                first, last = cursor
+                first = cursor[0]
                 try:
                     if self.passthrough_reason is not None:
-                        if last >= 0:
-                            obj.streams.remove(cursor)
-                            obj.notify()
+                        obj.streams.remove(cursor)
+                        obj.notify()
                         return
-                    if last < 0:
-                        await self._ensure(obj, first, demand=False)
-                    else:
-                        await self._fill_run(obj, cursor)
+                    await self._fill_run(obj, cursor)
                 except SourceError as exc:
                     self.download_errors.append(str(exc))
                     self._errors.labels(kind="download").inc()

@@ -21,8 +21,9 @@ import pyfuse3
 
 from agents.logsetup import get_logger
 from cachefs.errors import CachefsError, ManifestError
+from cachefs.gocryptfs.content import ContentCipher
 from cachefs.manifest import ManifestEntry
-from cachefs.reader import FileReader, PlainCache, ReaderStats
+from cachefs.reader import FileReader, PlainCache, ReadBuffers, ReaderStats
 from cachefs.volume import GocryptfsVolume, Node
 
 log = get_logger("cachefs.fs")
@@ -41,6 +42,7 @@ class FsOptions:
     prefetch_chunks: int = 0
     uid: int = 0
     gid: int = 0
+    decrypt_engine: str | None = None  # auto | native | python; None: CAI_CACHEFS_DECRYPT_ENGINE or auto
 
 
 class CachefsOperations(pyfuse3.Operations):
@@ -57,7 +59,9 @@ class CachefsOperations(pyfuse3.Operations):
         self.nodes = volume.tree.nodes
         self.options = options or FsOptions()
         self.manifest = manifest
-        self.cipher = volume.cipher
+        self.cipher = ContentCipher(volume.keys.content, engine=self.options.decrypt_engine)
+        self.buffers = ReadBuffers()
+        log.info("cachefs.decrypt_engine", engine=self.cipher.engine)
         self.cache = PlainCache(self.options.plaintext_cache_bytes)
         self.stats = ReaderStats()
         self._readers: dict[int, FileReader] = {}
@@ -161,7 +165,8 @@ class CachefsOperations(pyfuse3.Operations):
         if reader is None:
             try:
                 reader = FileReader(node, self.volume.source, self.cipher, self.cache, self.stats,
-                                    strict=self.options.strict, prefetch_chunks=self.options.prefetch_chunks)
+                                    strict=self.options.strict, prefetch_chunks=self.options.prefetch_chunks,
+                                    buffers=self.buffers)
             except CachefsError as exc:
                 log.error("cachefs.open_failed", file=node.cipher_path, error=str(exc))
                 raise pyfuse3.FUSEError(errno.EIO) from None

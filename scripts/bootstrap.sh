@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gocryptfs swtpm swtpm-tools tpm2-tools libtss2-dev
-              iptables iproute2 nginx-light libnginx-mod-stream gcc libssl-dev)
+              iptables iproute2 nginx-light libnginx-mod-stream gcc libssl-dev systemd)
 PYTHON=${PYTHON:-python3}
 
 need_apt=()
@@ -25,7 +25,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.cai-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when the package metadata or the native accelerator's source changes (pip builds it).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ cachefs/_accel.c -nt "$stamp" ]; then
   echo "bootstrap: installing the project into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'

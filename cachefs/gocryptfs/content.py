@@ -18,6 +18,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from cachefs.accel import make_batch
 from cachefs.errors import BlockAuthError, VolumeFormatError
 
 HEADER_LEN = 18
@@ -29,6 +30,7 @@ OVERHEAD = NONCE_LEN + TAG_LEN
 PLAIN_BLOCK = 4096
 CIPHER_BLOCK = PLAIN_BLOCK + OVERHEAD
 _ZERO_BLOCK = bytes(CIPHER_BLOCK)
+_ZERO_PLAIN = bytes(PLAIN_BLOCK)
 _U64 = struct.Struct(">Q")
 
 
@@ -103,20 +105,33 @@ def block_aad(block: int, file_id: bytes) -> bytes:
 
 
 class ContentCipher:
-    """AES-256-GCM block encryption/decryption for one volume; reuse one instance per volume."""
+    """AES-256-GCM block encryption/decryption for one volume; reuse one instance per volume.
 
-    def __init__(self, content_key: bytes) -> None:
+    Bulk decryption goes through a batch engine from :mod:`cachefs.accel` (native OpenSSL when
+    built, else pure Python; ``engine`` forces one). Hole and ``strict`` policy is applied here,
+    identically for both engines.
+    """
+
+    def __init__(self, content_key: bytes, engine: str | None = None) -> None:
         self._aead = AESGCM(content_key)
+        self._batch = make_batch(content_key, engine)
 
-    def decrypt_blocks(self, data: bytes | memoryview, first_block: int, file_id: bytes, *,
+    @property
+    def engine(self) -> str:
+        """``native`` or ``python``: which batch engine decrypts file contents."""
+        return self._batch.engine
+
+    def decrypt_blocks(self, data: bytes | bytearray | memoryview, first_block: int, file_id: bytes, *,
                        strict: bool = False, out: bytearray | memoryview | None = None,
                        where: str = "file") -> bytearray:
         """Decrypt consecutive ciphertext blocks starting at block ``first_block``.
 
         ``data`` must start on a block boundary; only its last block may be short. Raises
-        :class:`BlockAuthError` naming the first block that fails — no partial plaintext escapes.
-        Returns a fresh ``bytearray`` (no extra copy), or with ``out`` (at least the plaintext
-        length) decrypts into it and returns an empty ``bytearray``.
+        :class:`BlockAuthError` naming the first block that fails — the failing block's plaintext is
+        wiped and nothing after it is written, so no unauthenticated byte escapes (blocks before it,
+        already authenticated, may have been written into ``out``). Returns a fresh ``bytearray``, or
+        with ``out`` (at least the plaintext length; must not overlap ``data``) decrypts into it and
+        returns an empty ``bytearray``.
         """
         view = memoryview(data)
         total = len(view)
@@ -125,34 +140,32 @@ class ContentCipher:
         if nblocks and (total - (nblocks - 1) * CIPHER_BLOCK) <= OVERHEAD:
             raise VolumeFormatError(f"{where}: block {first_block + nblocks - 1} is too short to hold data",
                                     hint="the file is truncated; re-upload it")
+        if len(file_id) != FILE_ID_LEN:
+            raise VolumeFormatError(f"{where}: file ID is {len(file_id)} bytes, expected {FILE_ID_LEN}")
         buf = bytearray(plain_len) if out is None else out
         target = memoryview(buf)
-        aad = bytearray(block_aad(first_block, file_id))
-        decrypt_into = self._aead.decrypt_into
-        pos = 0
-        wpos = 0
-        block = first_block
-        while pos < total:
-            chunk = view[pos:pos + CIPHER_BLOCK]
-            clen = len(chunk) - OVERHEAD
-            _U64.pack_into(aad, 0, block)
+        if len(target) < plain_len:
+            raise ValueError(f"{where}: output buffer holds {len(target)} bytes, {plain_len} needed")
+        done = 0  # blocks already handled
+        while done < nblocks:
             try:
-                decrypt_into(chunk[:NONCE_LEN], chunk[NONCE_LEN:], aad, target[wpos:wpos + clen])
-            except InvalidTag:
-                if len(chunk) == CIPHER_BLOCK and chunk == _ZERO_BLOCK:
-                    if strict:
-                        raise BlockAuthError(f"{where}: block {block} is an all-zero hole, refused in strict mode",
-                                             block=block, hint="the ciphertext was zeroed; re-upload it") from None
-                    target[wpos:wpos + clen] = bytes(clen)
-                else:
-                    raise BlockAuthError(f"{where}: block {block} failed authentication (GCM tag mismatch)",
-                                         block=block, hint="the ciphertext is corrupt or tampered with") from None
-            except ValueError:
-                # nonce of a wrong size cannot happen here; a too-short chunk is caught above
-                raise BlockAuthError(f"{where}: block {block} is malformed", block=block) from None
-            pos += CIPHER_BLOCK
-            wpos += clen
-            block += 1
+                bad = self._batch.decrypt(view[done * CIPHER_BLOCK:], target[done * PLAIN_BLOCK:], file_id,
+                                          first_block + done)
+            except ValueError as exc:  # e.g. a block number past 2**64: not a gocryptfs file
+                raise VolumeFormatError(f"{where}: cannot decrypt from block {first_block + done}: {exc}") from None
+            if bad < 0:
+                break
+            index = done + bad
+            block = first_block + index
+            start = index * CIPHER_BLOCK
+            if view[start:start + CIPHER_BLOCK] != _ZERO_BLOCK:  # also true for a short last block
+                raise BlockAuthError(f"{where}: block {block} failed authentication (GCM tag mismatch)",
+                                     block=block, hint="the ciphertext is corrupt or tampered with")
+            if strict:
+                raise BlockAuthError(f"{where}: block {block} is an all-zero hole, refused in strict mode",
+                                     block=block, hint="the ciphertext was zeroed; re-upload it")
+            target[index * PLAIN_BLOCK:(index + 1) * PLAIN_BLOCK] = _ZERO_PLAIN  # gocryptfs hole
+            done = index + 1
         return buf if out is None else bytearray()
 
     def encrypt_block(self, plain: bytes, block: int, file_id: bytes | None, nonce: bytes | None = None) -> bytes:

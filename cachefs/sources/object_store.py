@@ -530,7 +530,9 @@ class ObjectStoreSource(CiphertextSource):
         end = min(offset + length, entry.size)
         if offset < 0 or end <= offset:
             return
-        options: dict[str, Any] = {"range": (offset, end)}
+        # A whole object is a plain GET: some servers (moto, proxies) handle Range by reading the
+        # object and slicing it, which costs an extra full copy per request.
+        options: dict[str, Any] = {} if (offset, end) == (0, entry.size) else {"range": (offset, end)}
         if entry.etag:
             options["if_match"] = entry.etag
         what = f"GET {path} bytes {offset}-{end - 1}"

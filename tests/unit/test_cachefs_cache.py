@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -89,12 +91,12 @@ def test_layout_rejects_nonsense() -> None:
 # -- sidecar records ---------------------------------------------------------------------------------
 
 records = st.builds(
-    lambda size, etag, digests: ChunkRecord(
+    lambda size, etag, present: ChunkRecord(
         path="dir/" + "x" * (size % 7 + 1),
         size=size,
         etag=etag,
         layout=ChunkLayout(blocks_per_chunk=2),
-        digests={i: f"{i:064x}" for i in digests if i < ChunkLayout(blocks_per_chunk=2).count(size)},
+        present=frozenset(i for i in present if i < ChunkLayout(blocks_per_chunk=2).count(size)),
     ),
     st.integers(0, 100_000),
     st.none() | st.text(max_size=40),
@@ -115,7 +117,8 @@ def test_random_bytes_give_only_record_errors(data: bytes) -> None:
         pass
 
 
-_VALID = json.loads(encode_record(ChunkRecord("a/b", 20_000, '"e"', ChunkLayout(blocks_per_chunk=2), {0: "0" * 64})))
+_VALID = json.loads(encode_record(ChunkRecord("a/b", 20_000, '"e"', ChunkLayout(blocks_per_chunk=2),
+                                               frozenset({0, 2}))))
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -127,9 +130,11 @@ _JSON_VALUES = st.recursive(
 @given(st.sampled_from(sorted(_VALID)), _JSON_VALUES, st.sampled_from(["layout", "chunks", None]))
 def test_mutated_records_give_only_record_errors(key: str, value: object, nested: str | None) -> None:
     doc = json.loads(json.dumps(_VALID))
-    if nested is not None and isinstance(value, str | int) and not isinstance(value, bool):
-        doc[nested] = dict(doc[nested])
-        doc[nested][str(value)] = value
+    if nested == "layout" and isinstance(value, str | int) and not isinstance(value, bool):
+        doc["layout"] = dict(doc["layout"])
+        doc["layout"][str(value)] = value
+    elif nested == "chunks":
+        doc["chunks"] = [*doc["chunks"], value]
     else:
         doc[key] = value
     try:
@@ -137,16 +142,28 @@ def test_mutated_records_give_only_record_errors(key: str, value: object, nested
     except CacheRecordError:
         return
     # Whatever decodes must be self-consistent.
-    assert all(0 <= i < record.layout.count(record.size) for i in record.digests)
+    assert all(0 <= i < record.layout.count(record.size) for i in record.present)
 
 
-def test_record_rejects_out_of_range_chunk_and_bad_digest() -> None:
+def test_record_chunks_are_compact_runs() -> None:
+    layout = ChunkLayout(blocks_per_chunk=2)
+    record = ChunkRecord("a/b", 200_000, '"e"', layout, frozenset({0, 1, 2, 5, 7, 8}))
+    assert json.loads(encode_record(record))["chunks"] == [[0, 2], [5, 5], [7, 8]]
+
+
+@pytest.mark.parametrize(("chunks", "match"), [
+    ([[0, 99]], "chunk 99"),
+    ([[2, 1]], "ascending"),
+    ([[0, 1], [1, 2]], "ascending"),
+    ([[0, 1], [2, 2]], "not adjacent"),
+    ([[0]], "pairs"),
+    ({"0": "x"}, "list"),
+    ([[True, 1]], "integer"),
+])
+def test_record_rejects_bad_runs(chunks: object, match: str) -> None:
     doc = json.loads(json.dumps(_VALID))
-    doc["chunks"] = {"99": "0" * 64}
-    with pytest.raises(CacheRecordError, match="chunk 99"):
-        decode_record(json.dumps(doc).encode())
-    doc["chunks"] = {"0": "Z" * 64}
-    with pytest.raises(CacheRecordError, match="hex"):
+    doc["chunks"] = chunks
+    with pytest.raises(CacheRecordError, match=match):
         decode_record(json.dumps(doc).encode())
 
 
@@ -182,10 +199,10 @@ LAYOUT = ChunkLayout(blocks_per_chunk=4)  # 16 530-byte chunks keep the fake fas
 
 
 def make_cache(source: CiphertextSource, tmp_path: Path, **kwargs: object) -> CachedSource:
+    kwargs.setdefault("metrics", Metrics())
     return CachedSource(
         source,
         tmp_path / "cache",
-        metrics=Metrics(),
         layout=LAYOUT,
         backoff=Backoff(initial=0, maximum=0, jitter=0, attempts=4),
         **kwargs,  # type: ignore[arg-type]
@@ -247,8 +264,8 @@ async def test_cache_dir_is_private_and_holds_only_source_bytes(tmp_path: Path) 
     assert len(data_files) == 1 and data_files[0].read_bytes() == data
 
 
-async def test_restart_reuses_and_verifies_chunks(tmp_path: Path) -> None:
-    data = os.urandom(60_000)
+async def test_restart_reuses_chunks_and_refetches_lost_ones(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
     source = MemorySource({"f": data})
     cache = make_cache(source, tmp_path)
     await cache.list_tree()
@@ -256,18 +273,30 @@ async def test_restart_reuses_and_verifies_chunks(tmp_path: Path) -> None:
     await cache.close()
     fetched_first = len(source.reads)
 
-    # Corrupt one byte of chunk 1 on disk: the reused chunk fails verification and is re-fetched.
-    (data_file,) = (tmp_path / "cache").glob("*/*.data")
-    raw = bytearray(data_file.read_bytes())
-    start, _ = LAYOUT.span(1, len(data))
-    raw[start + 5] ^= 0xFF
-    data_file.write_bytes(bytes(raw))
-
     again = make_cache(source, tmp_path)
     await again.list_tree()
-    assert await again.read_all("f") == data
-    assert source.reads[fetched_first:] == [("f", start, LAYOUT.chunk_bytes)]
+    assert again.complete and await again.read_all("f") == data
+    assert len(source.reads) == fetched_first  # everything came from the cache
     await again.close()
+
+    # A crash lost the tail of the data file's writes: they come back as a hole (the record
+    # still names those chunks). Only the chunks touching the hole are fetched again.
+    (data_file,) = (tmp_path / "cache").glob("*/*.data")
+    hole_at = 150_000
+    with open(data_file, "r+b") as f:
+        f.truncate(hole_at - hole_at % 4096)
+        f.truncate(len(data))
+    metrics = Metrics()
+    third = make_cache(source, tmp_path, metrics=metrics)
+    await third.list_tree()
+    assert not third.complete
+    assert await third.read_all("f") == data
+    refetched = {offset for _, offset, _ in source.reads[fetched_first:]}
+    expected = {LAYOUT.span(i, len(data))[0] for i in range(LAYOUT.index_of(hole_at - hole_at % 4096),
+                                                          LAYOUT.count(len(data)))}
+    assert refetched == expected
+    assert 'cachefs_cache_errors_total{kind="lost"}' in metrics.render()[0].decode()
+    await third.close()
 
 
 async def test_changed_object_discards_its_cache(tmp_path: Path) -> None:
@@ -300,4 +329,99 @@ async def test_persistent_source_failure_surfaces_as_source_error(tmp_path: Path
     with pytest.raises(SourceError, match="GET f failed"):
         await cache.read("f", 0, 10)
     assert len(source.reads) == 4  # bounded: Backoff.attempts
+    await cache.close()
+
+
+# -- the streamed background fill ---------------------------------------------------------------------
+
+
+class StreamingSource(MemorySource):
+    """A fake with ``stream``: hands out each range in pieces of the sizes given (cycled)."""
+
+    def __init__(self, files: dict[str, bytes], pieces: list[int], cut_after: int | None = None) -> None:
+        super().__init__(files)
+        self.pieces = pieces
+        self.cut_after = cut_after  # cut the first stream of "f" after this many bytes
+        self.cut_at: int | None = None
+        self.streams: list[tuple[str, int, int]] = []
+
+    async def stream(self, path: str, offset: int, length: int, *, piece_size: int = 0) -> AsyncIterator[bytes]:
+        self.streams.append((path, offset, length))
+        data = self.files[path][offset : offset + length]
+        pos, n = 0, 0
+        while pos < len(data):
+            if path == "f" and self.cut_after is not None and pos >= self.cut_after:
+                self.cut_after, self.cut_at = None, offset + pos
+                err = SourceError(f"stream of {path} cut")
+                err.transient = True  # type: ignore[attr-defined]
+                raise err
+            size = self.pieces[n % len(self.pieces)]
+            yield data[pos : pos + size]
+            pos, n = pos + size, n + 1
+            await asyncio.sleep(0)
+
+
+async def _fill_and_check(source: StreamingSource, root: Path) -> None:
+    cache = CachedSource(source, root, metrics=Metrics(), layout=LAYOUT,
+                         backoff=Backoff(initial=0, maximum=0, jitter=0, attempts=4))
+    await cache.list_tree()
+    await cache.download_all()
+    assert cache.complete
+    for path, body in source.files.items():
+        assert await cache.read_all(path) == body
+    assert source.reads == []  # everything came from the background streams
+    await cache.close()
+    again = CachedSource(source, root, metrics=Metrics(), layout=LAYOUT)
+    await again.list_tree()
+    assert again.complete
+    await again.close()
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(st.integers(1, 40_000), min_size=1, max_size=5), st.integers(0, 120_000),
+       st.none() | st.integers(0, 100_000))
+def test_stream_pieces_of_any_size_fill_the_cache_exactly(pieces: list[int], size: int, cut: int | None) -> None:
+    source = StreamingSource({"f": os.urandom(size), "small": os.urandom(100)}, pieces, cut_after=cut)
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(_fill_and_check(source, Path(root)))
+    if source.cut_at is not None:
+        # The retry resumed at the first chunk still missing (the one the cut fell into), not at
+        # the start of the object: every complete chunk before the cut was kept.
+        resumed = [offset for path, offset, _ in source.streams if path == "f"][1:]
+        assert resumed == [LAYOUT.span(LAYOUT.index_of(source.cut_at), size)[0]]
+
+
+async def test_one_stream_per_object_by_default(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    source = StreamingSource({"f": data}, [70_000])
+    await _fill_and_check(source, tmp_path / "cache")
+    assert source.streams == [("f", 0, len(data))]
+
+
+async def test_max_fetch_bytes_splits_objects(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    source = StreamingSource({"f": data}, [7_000])
+    cache = make_cache(source, tmp_path, max_fetch_bytes=4 * LAYOUT.chunk_bytes)
+    await cache.list_tree()
+    await cache.download_all()
+    assert await cache.read_all("f") == data
+    starts = sorted(offset for _, offset, _ in source.streams)
+    assert starts == [LAYOUT.span(i, len(data))[0] for i in range(0, LAYOUT.count(len(data)), 4)]
+    await cache.close()
+
+
+async def test_stream_longer_than_promised_is_refused_and_retried(tmp_path: Path) -> None:
+    class Liar(StreamingSource):
+        async def stream(self, path: str, offset: int, length: int, *, piece_size: int = 0) -> AsyncIterator[bytes]:
+            first = not self.streams
+            async for piece in super().stream(path, offset, length, piece_size=piece_size):
+                yield piece + b"extra bytes" if first else piece
+
+    data = os.urandom(50_000)
+    source = Liar({"f": data}, [50_000])
+    cache = make_cache(source, tmp_path)
+    await cache.list_tree()
+    await cache.download_all()
+    assert await cache.read_all("f") == data
+    assert len(source.streams) == 2
     await cache.close()
