@@ -3,9 +3,9 @@ direct, small-request round-trip latency, new TLS connections per second, and OH
 
 Run: ``.venv/bin/python benchmarks/bench_gateway.py [--mib 256] [--rounds 2000]``. The egress runs as
 ``cai gateway`` (a separate process, ``no_ra``: attestation is not on the data path, certificates are
-made in the background) so client and gateway do not share an event loop; nginx needs the Debian
-module ``libnginx-mod-stream``. Every figure comes from this run; ratios are against the anchors of
-this run. The machine is shared: treat numbers as indicative.
+made in the background; the data path is the protocol splice of ``gateway/splice.py``) so client and
+gateway do not share an event loop; nginx needs the Debian module ``libnginx-mod-stream``. Every figure
+comes from this run; ratios are against the anchors of this run. The machine is shared: treat numbers as indicative.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agents.logsetup import get_logger
+from gateway import ratls_format_a
 from gateway.attester import EvidenceProvider
 from gateway.errors import GatewayError
 from gateway.ratls_cert import (
@@ -55,11 +56,17 @@ def server_context(cert_der: bytes, key: ec.EllipticCurvePrivateKey, alpn: str) 
 
 
 class AttestedCertManager:
-    """Produces attested certificates with evidence from ``provider`` (or plain ones for ``no_ra``)."""
+    """Produces attested certificates with evidence from ``provider`` (or plain ones for ``no_ra``).
+
+    ``binding`` is ``"B"`` (TNG >= 2.2.5 clients) or ``"A"`` (TNG <= 2.2.4, ``"compat": "2.2.4"``).
+    """
 
     def __init__(self, provider: EvidenceProvider | None, *, alpn: str, refresh_interval: float = 600.0,
-                 clock: Callable[[], datetime.datetime] | None = None) -> None:
+                 clock: Callable[[], datetime.datetime] | None = None, binding: str = "B") -> None:
+        if binding not in ("A", "B"):
+            raise ValueError(f"unknown rats-tls binding format {binding!r}")
         self.provider = provider
+        self.binding = binding
         self.alpn = alpn
         self.refresh_interval = max(float(refresh_interval), MIN_REFRESH)
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
@@ -81,18 +88,26 @@ class AttestedCertManager:
     async def refresh(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         now = self._clock() - datetime.timedelta(minutes=1)
+        claims_buffer = b""
         if self.provider is None:  # no_ra: a plain self-signed certificate, debug only
             record = None
         else:
-            runtime = runtime_data_text(binding_claims(spki_der(key.public_key())))
+            spki = spki_der(key.public_key())
+            if self.binding == "A":
+                claims_buffer = ratls_format_a.claims_buffer(spki)
+                runtime = ratls_format_a.runtime_data_text(claims_buffer)
+            else:
+                runtime = runtime_data_text(binding_claims(spki))
             evidence = await self.provider.evidence(report_data(runtime))
             record = EvidenceRecord(tee_type=await self.provider.tee_type(), aa_evidence=evidence,
                                     aa_runtime_data=runtime)
-        der = build_certificate(key, record, now) if record else _plain_certificate(key, now)
+        der = (build_certificate(key, record, now, claims_buffer=claims_buffer) if record
+               else _plain_certificate(key, now))
         self._context = server_context(der, key, self.alpn)
         self.cert_der = der
         self.refreshes += 1
-        log.info("gateway.cert.refreshed", size=len(der), attested=record is not None, alpn=self.alpn)
+        log.info("gateway.cert.refreshed", size=len(der), attested=record is not None, alpn=self.alpn,
+                 binding=self.binding)
 
     async def _loop(self) -> None:
         while True:

@@ -14,6 +14,7 @@ cai.env ``MODEL_SERVICE_PORT`` and the caiOptions annotation ``tng-http-secure-p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ from gateway.errors import GatewayConfigError
 DEFAULT_SO_MARK = 565
 DEFAULT_REFRESH_INTERVAL = 600
 DEFAULT_AA_ADDR = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+#: ``"compat": "2.2.4"`` selects the wire generation of TNG 2.0.0 … 2.2.4: rats-tls with ALPN ``h2`` and
+#: HTTP/2 CONNECT inside, key binding format A, and ``encap_in_http``/``decap_from_http`` meaning
+#: "rats-tls inside an h2c POST" instead of OHTTP (their meaning since TNG 2.2.5).
+COMPAT_2_2_4 = "2.2.4"
+COMPAT_VALUES = (COMPAT_2_2_4,)
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -90,6 +96,16 @@ class Ohttp:
 
 
 @dataclass(frozen=True)
+class H2cEncap:
+    """TNG <= 2.2.4 ``encap_in_http``/``decap_from_http``: rats-tls carried in an h2c ``POST`` stream.
+
+    Only with ``"compat": "2.2.4"``. ``path_rewrites`` (ingress) choose the outer request path.
+    """
+
+    path_rewrites: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Security:
     """The remote-attestation and framing fields shared by ingress and egress entries."""
 
@@ -98,11 +114,23 @@ class Security:
     verify: Verify | None = None
     rats_tls: RatsTls | None = None
     ohttp: Ohttp | None = None
+    compat: str | None = None
+    h2c: H2cEncap | None = None
+
+    @property
+    def multiplex(self) -> bool:
+        """HTTP/2 CONNECT streams inside the TLS session (always for TNG <= 2.2.4)."""
+        return self.compat == COMPAT_2_2_4 or (self.rats_tls is not None and self.rats_tls.multiplex)
 
     @property
     def alpn(self) -> str:
-        """The one ALPN protocol offered: TNG >= 2.7 default ``rats-tls``, ``h2`` with multiplex."""
-        return "h2" if self.rats_tls is not None and self.rats_tls.multiplex else "rats-tls"
+        """The one ALPN protocol offered: TNG >= 2.7 default ``rats-tls``, ``h2`` with multiplex or 2.2.4."""
+        return "h2" if self.multiplex else "rats-tls"
+
+    @property
+    def binding(self) -> str:
+        """Evidence/key binding format of the certificate: ``"A"`` (TNG <= 2.2.4) or ``"B"``."""
+        return "A" if self.compat == COMPAT_2_2_4 else "B"
 
 
 @dataclass(frozen=True)
@@ -350,10 +378,67 @@ def _ohttp(value: Any, path: str, *, egress: bool) -> Ohttp:
     return Ohttp(key=dict(key), path_rewrites=tuple(rewrites))
 
 
-_SECURITY_KEYS = ("no_ra", "attest", "verify", "rats_tls", "ohttp", "encap_in_http", "decap_from_http")
+_SECURITY_KEYS = ("no_ra", "attest", "verify", "rats_tls", "ohttp", "encap_in_http", "decap_from_http", "compat")
+
+
+def _h2c(value: Any, path: str, *, egress: bool) -> tuple[H2cEncap, tuple[str, ...]]:
+    """TNG 2.2.4's ``decap_from_http`` (egress) / ``encap_in_http`` (ingress) object.
+
+    Returns the encapsulation and, for an egress, the deprecated ``allow_non_tng_traffic_regexes``
+    (TNG 2.2.4 turns them into ``direct_forward`` rules).
+    """
+    obj = _object(value, path, ("allow_non_tng_traffic_regexes",) if egress else ("path_rewrites",))
+    rewrites = []
+    for i, item in enumerate(_list(obj.get("path_rewrites", []), f"{path}.path_rewrites")):
+        where = f"{path}.path_rewrites[{i}]"
+        rw = _object(item, where, ("match_regex", "substitution"))
+        for key in ("match_regex", "substitution"):
+            if key not in rw:
+                raise _fail(f"{where}.{key}", "is required")
+        regex = _str(rw["match_regex"], f"{where}.match_regex")
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise _fail(f"{where}.match_regex", f"is not a valid regular expression: {exc}") from None
+        if not isinstance(rw["substitution"], str):
+            raise _fail(f"{where}.substitution", "must be a string")
+        rewrites.append((regex, rw["substitution"]))
+    regexes = tuple(_str(r, f"{path}.allow_non_tng_traffic_regexes[{i}]") for i, r in
+                    enumerate(_list(obj.get("allow_non_tng_traffic_regexes", []),
+                                    f"{path}.allow_non_tng_traffic_regexes")))
+    return H2cEncap(path_rewrites=tuple(rewrites)), regexes
+
+
+def _compat(obj: dict[str, Any], path: str) -> str | None:
+    if "compat" not in obj:
+        return None
+    value = obj["compat"]
+    if value not in COMPAT_VALUES:
+        raise _fail(f"{path}.compat", f"{value!r} is not a supported TNG wire generation",
+                    hint=f"use one of {', '.join(repr(v) for v in COMPAT_VALUES)} (TNG 2.0.0 … 2.2.4), or omit "
+                    "the key for TNG >= 2.7 (rats-tls) / >= 2.2.6 (ohttp)")
+    return str(value)
+
+
+def _security_2_2_4(obj: dict[str, Any], path: str, *, egress: bool, no_ra: bool, attest: Attest | None,
+                    verify: Verify | None) -> tuple[Security, tuple[str, ...]]:
+    """``"compat": "2.2.4"``: the HTTP encapsulation key means h2c, and the >= 2.2.5 keys do not exist."""
+    own, other = ("decap_from_http", "encap_in_http") if egress else ("encap_in_http", "decap_from_http")
+    for key, why in (("ohttp", "OHTTP does not exist in TNG <= 2.2.4"),
+                     ("rats_tls", "TNG <= 2.2.4 always multiplexes HTTP/2 CONNECT streams; there is no "
+                                  "rats_tls option"),
+                     (other, f"TNG 2.2.4 calls it '{own}' on an {'egress' if egress else 'ingress'}")):
+        if key in obj:
+            raise _fail(f"{path}.{key}", f"cannot be used with \"compat\": \"{COMPAT_2_2_4}\": {why}")
+    h2c, regexes = (_h2c(obj[own], f"{path}.{own}", egress=egress) if own in obj else (None, ()))
+    return Security(no_ra=no_ra, attest=attest, verify=verify, compat=COMPAT_2_2_4, h2c=h2c), regexes
 
 
 def _security(obj: dict[str, Any], path: str, *, egress: bool) -> Security:
+    return _security_and_regexes(obj, path, egress=egress)[0]
+
+
+def _security_and_regexes(obj: dict[str, Any], path: str, *, egress: bool) -> tuple[Security, tuple[str, ...]]:
     no_ra = _bool(obj.get("no_ra", False), f"{path}.no_ra")
     attest = _attest(obj["attest"], f"{path}.attest") if "attest" in obj else None
     verify = _verify(obj["verify"], f"{path}.verify") if "verify" in obj else None
@@ -362,6 +447,8 @@ def _security(obj: dict[str, Any], path: str, *, egress: bool) -> Security:
     if not (no_ra or attest or verify):
         raise _fail(path, "needs at least one of 'attest', 'verify' or 'no_ra'",
                     hint="an egress normally has 'attest', an ingress 'verify'")
+    if _compat(obj, path) is not None:
+        return _security_2_2_4(obj, path, egress=egress, no_ra=no_ra, attest=attest, verify=verify)
     ohttp_raw = _aliased(obj, path, "ohttp", "decap_from_http" if egress else "encap_in_http",
                          "encap_in_http" if egress else "decap_from_http")
     ohttp = _ohttp(ohttp_raw, f"{path}.ohttp", egress=egress) if ohttp_raw is not None else None
@@ -371,7 +458,7 @@ def _security(obj: dict[str, Any], path: str, *, egress: bool) -> Security:
             raise _fail(f"{path}.rats_tls", "cannot be combined with 'ohttp'/'encap_in_http'")
         r = _object(obj["rats_tls"], f"{path}.rats_tls", ("multiplex",))
         rats = RatsTls(multiplex=_bool(r.get("multiplex", False), f"{path}.rats_tls.multiplex"))
-    return Security(no_ra=no_ra, attest=attest, verify=verify, rats_tls=rats, ohttp=ohttp)
+    return Security(no_ra=no_ra, attest=attest, verify=verify, rats_tls=rats, ohttp=ohttp), ()
 
 
 def _egress(value: Any, path: str, index: int) -> EgressConfig:
@@ -384,12 +471,23 @@ def _egress(value: Any, path: str, index: int) -> EgressConfig:
     for i, item in enumerate(_list(obj.get("direct_forward", []), f"{path}.direct_forward")):
         rule = _object(item, f"{path}.direct_forward[{i}]", ("http_path",))
         direct.append(_str(rule.get("http_path"), f"{path}.direct_forward[{i}].http_path"))
+    security, regexes = _security_and_regexes(obj, path, egress=True)
+    if regexes and direct:
+        raise _fail(f"{path}.decap_from_http.allow_non_tng_traffic_regexes", "cannot be combined with "
+                    "'direct_forward' (it is its deprecated predecessor)", hint="move the regexes to "
+                    "direct_forward: [{\"http_path\": ...}]")
+    for i, regex in enumerate((*direct, *regexes)):
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise _fail(f"{path}.direct_forward[{i}].http_path", f"is not a valid regular expression: {exc}"
+                        ) from None
     return EgressConfig(
         id=index,
         mapping=_mapping(obj["mapping"], f"{path}.mapping") if "mapping" in obj else (),
         netfilter=_netfilter(obj["netfilter"], f"{path}.netfilter") if "netfilter" in obj else None,
-        direct_forward=tuple(direct),
-        security=_security(obj, path, egress=True),
+        direct_forward=tuple(direct) or regexes,
+        security=security,
     )
 
 
@@ -500,6 +598,10 @@ def parse_secure_ports(cai_options: Mapping[str, Any] | str | None) -> tuple[int
     return tuple(dict.fromkeys(out))
 
 
+PROTOCOL_H2C_2_2_4 = "h2c-2.2.4"
+DERIVED_PROTOCOLS = ("rats-tls", "ohttp", PROTOCOL_H2C_2_2_4)
+
+
 def derive_egress_config(
     cai_env: Mapping[str, Any],
     cai_options: Mapping[str, Any] | str | None = None,
@@ -513,9 +615,12 @@ def derive_egress_config(
 
     ``capture='netfilter'`` captures the service port in place (what ACK-CAI does);
     ``'mapping'`` listens on ``mapping_listen_base + i`` and forwards to the port on loopback.
+    ``protocol`` is ``rats-tls`` (TNG >= 2.7 clients), ``ohttp`` (TNG >= 2.2.6 clients with
+    ``encap_in_http``) or ``h2c-2.2.4`` (TNG <= 2.2.4 clients with ``encap_in_http``).
     """
-    if protocol not in ("rats-tls", "ohttp"):
-        raise GatewayConfigError(f"unknown gateway protocol {protocol!r}", hint="use 'rats-tls' or 'ohttp'")
+    if protocol not in DERIVED_PROTOCOLS:
+        raise GatewayConfigError(f"unknown gateway protocol {protocol!r}",
+                                 hint=f"use one of {', '.join(DERIVED_PROTOCOLS)}")
     if capture not in ("netfilter", "mapping"):
         raise GatewayConfigError(f"unknown capture mode {capture!r}", hint="use 'netfilter' or 'mapping'")
     ports: list[int] = []
@@ -533,6 +638,12 @@ def derive_egress_config(
         else:
             entry["mapping"] = {"in": {"host": "0.0.0.0", "port": mapping_listen_base + i},  # noqa: S104
                                 "out": {"host": "127.0.0.1", "port": port}}
-        entry["ohttp" if protocol == "ohttp" else "rats_tls"] = {} if protocol == "ohttp" else {"multiplex": False}
+        if protocol == "ohttp":
+            entry["ohttp"] = {}
+        elif protocol == PROTOCOL_H2C_2_2_4:  # for the deployment guide's TNG 2.2.4 client with encap_in_http
+            entry["compat"] = COMPAT_2_2_4
+            entry["decap_from_http"] = {}
+        else:
+            entry["rats_tls"] = {"multiplex": False}
         entries.append(entry)
     return {"add_egress": entries}

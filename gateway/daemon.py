@@ -24,6 +24,7 @@ from agents.logsetup import configure_logging, get_logger
 from gateway.attester import EvidenceProvider, provider_for
 from gateway.cert_manager import AttestedCertManager
 from gateway.config import (
+    DERIVED_PROTOCOLS,
     MAX_CONFIG_BYTES,
     EgressConfig,
     GatewayConfig,
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aa-socket", default=None, help="attestation agent socket for a derived egress")
     parser.add_argument("--capture", choices=("mapping", "netfilter"), default="mapping",
                         help="capture mode for a derived egress (default mapping: listen on 40000+i)")
+    parser.add_argument("--protocol", choices=DERIVED_PROTOCOLS, default="rats-tls",
+                        help="protocol of a derived egress: rats-tls (TNG >= 2.7 clients), ohttp (TNG >= 2.2.6 "
+                        "clients with encap_in_http), h2c-2.2.4 (TNG <= 2.2.4 clients with encap_in_http)")
     parser.add_argument("--control-listen", metavar="HOST:PORT", help="health/metrics listener "
                         "(default: control_interface.restful, else off)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -69,7 +73,8 @@ def load_gateway_config(args: argparse.Namespace) -> GatewayConfig:
             raise GatewayConfigError(f"cannot read caiOptions file {options[1:]}: {exc.strerror}") from None
     env = load_cai_env(env_file=args.env_file)
     extra = {"aa_addr": "unix://" + args.aa_socket} if args.aa_socket else {}
-    derived = derive_egress_config(env, options, capture=args.capture, **extra)
+    derived = derive_egress_config(env, options, capture=args.capture,
+                                   protocol=getattr(args, "protocol", "rats-tls"), **extra)
     log.info("gateway.config.derived", config=json.dumps(derived))
     return parse_config(derived)
 
@@ -98,7 +103,7 @@ async def serve(config: GatewayConfig, control: tuple[str, int] | None) -> int:
                     runners.extend(await _start_ohttp(entry, provider, gw_metrics))
                     health.set_check(f"egress{entry.id}", True, "ohttp listening")
                     continue
-                certs = AttestedCertManager(provider, alpn=entry.security.alpn,
+                certs = AttestedCertManager(provider, alpn=entry.security.alpn, binding=entry.security.binding,
                                             refresh_interval=attest.refresh_interval if attest else 600)
                 egress = Egress(entry, certs, gw_metrics)  # validates the mode before attesting
                 await certs.start()
@@ -108,7 +113,8 @@ async def serve(config: GatewayConfig, control: tuple[str, int] | None) -> int:
                 egresses.append(egress)
                 health.set_check(f"egress{entry.id}", True, f"listening on {egress.ports}")
             for ientry in config.ingress:
-                verifier = PeerVerifier(ientry.security.verify) if ientry.security.verify else None
+                verifier = (PeerVerifier(ientry.security.verify, binding=ientry.security.binding)
+                            if ientry.security.verify else None)
                 ingress = Ingress(ientry, gw_metrics, verifier)
                 await ingress.start()
                 ingresses.append(ingress)

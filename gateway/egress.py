@@ -7,7 +7,9 @@ TLS 1.3 handshake with ALPN ``rats-tls`` within the handshake timeout, and is th
 backend (``mapping.out`` or the original destination). A client that does not speak rats-tls (plain
 HTTP, wrong ALPN such as a multiplexing ``h2`` client) is refused and logged as a rejected peer;
 nothing reaches the backend. With ``rats_tls.multiplex`` (ALPN ``h2``) each HTTP/2 ``CONNECT`` stream
-is one backend connection (``gateway.h2_connect``).
+is one backend connection (``gateway.h2_connect``). With ``"compat": "2.2.4"`` the certificate uses
+key binding format A and ALPN ``h2``; adding ``decap_from_http`` makes the listener accept the TLS
+sessions inside h2c ``POST`` streams (``gateway.h2c_egress``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from gateway.cert_manager import AttestedCertManager
 from gateway.config import EgressConfig, MappingRule, Netfilter
 from gateway.errors import GatewayConfigError
 from gateway.h2_connect import H2ConnectServer
+from gateway.h2c_egress import DecapServer
+from gateway.h2c_encap import DirectForward
 from gateway.metrics import GatewayMetrics, Listener
 from gateway.relay import close_writer, relay
+from gateway.splice import Splice
 
 log = get_logger("gateway.egress")
 
@@ -44,6 +49,13 @@ class Egress:
         self.servers: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.netfilter_port: int | None = None
+        self.direct_forward = DirectForward(config.direct_forward)
+        if certs.alpn != config.security.alpn:
+            raise GatewayConfigError(f"add_egress[{config.id}]: certificate manager offers ALPN {certs.alpn!r} but "
+                                     f"the entry needs {config.security.alpn!r}")
+        if certs.provider is not None and certs.binding != config.security.binding:
+            raise GatewayConfigError(f"add_egress[{config.id}]: certificate binding format {certs.binding} but the "
+                                     f"entry needs format {config.security.binding}")
 
     @property
     def ports(self) -> list[int]:
@@ -121,6 +133,12 @@ class Egress:
                     self._reject(listener, peer, "connection addressed to the capture listener itself")
                     raw.close()
                     return
+            if self.config.security.h2c is not None:
+                await self._serve_h2c(raw, target, listener, peer)
+                return
+            if self.certs.alpn == "rats-tls":
+                await self._serve_spliced(raw, target, listener, peer)
+                return
             reader = asyncio.StreamReader(limit=2**20)
             protocol = asyncio.StreamReaderProtocol(reader)
             try:
@@ -136,29 +154,117 @@ class Egress:
                 return
             protocol.connection_made(tls)
             writer = asyncio.StreamWriter(tls, protocol, reader, loop)
-            ssl_object = writer.get_extra_info("ssl_object")
-            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            if alpn != self.certs.alpn:
-                self._reject(listener, peer, f"client did not negotiate ALPN {self.certs.alpn!r} (got {alpn!r}); "
-                             "is it a TNG client of another generation (multiplex/h2)?")
-                await close_writer(writer)
-                return
-            if alpn == "h2":  # rats_tls.multiplex: one HTTP/2 CONNECT stream per client connection
-                await H2ConnectServer(reader, writer,
-                                      lambda: asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT),
-                                      on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc).serve()
-                return
+            await self._after_tls(reader, writer, target, listener, peer)
+        finally:
+            listener.cx_active.dec()
+
+    async def _serve_spliced(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,
+                             peer: object) -> None:
+        """Raw rats-tls (ALPN ``rats-tls``): TLS and backend transports spliced (``gateway.splice``)."""
+        loop = asyncio.get_running_loop()
+        splice = Splice(on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
+        try:
+            tls = await loop.start_tls(raw, splice.client, self.certs.context, server_side=True,  # type: ignore[arg-type]
+                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            self._reject(listener, peer, f"rats-tls handshake failed: {type(exc).__name__}: "
+                         f"{getattr(exc, 'reason', None) or exc}"[:300])
+            raw.close()
+            return
+        if tls is None:
+            raw.close()
+            return
+        splice.client.connection_made(tls)
+        ssl_object = tls.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != self.certs.alpn:
+            self._reject(listener, peer, f"client did not negotiate ALPN {self.certs.alpn!r} (got {alpn!r}); "
+                         "is it a TNG client of another generation (multiplex/h2)?")
+            tls.close()
+            return
+        tls.pause_reading()  # until the backend is connected
+        try:
+            sock = None
+            if self.config.netfilter is not None:
+                # SO_MARK makes our own connection RETURN in the capture chain instead of looping back to us.
+                sock = netfilter.marked_socket(self.config.netfilter.so_mark)
+                try:
+                    await asyncio.wait_for(loop.sock_connect(sock, target), CONNECT_TIMEOUT)
+                except BaseException:
+                    sock.close()
+                    raise
+                backend, _ = await loop.create_connection(lambda: splice.backend, sock=sock)
+            else:
+                backend, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: splice.backend, target[0], target[1]), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            listener.cx_failed.inc()
+            log.error("gateway.egress.backend_unreachable", id=self.config.id,
+                      backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
+            tls.close()
+            return
+        splice.attach_backend(backend)  # type: ignore[arg-type]
+        await splice.wait()
+
+    async def _serve_h2c(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,
+                         peer: object) -> None:
+        """TNG <= 2.2.4 ``decap_from_http``: TLS sessions inside h2c POST streams."""
+        assert isinstance(raw, asyncio.Transport)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        raw.set_protocol(protocol)
+        protocol.connection_made(raw)
+        raw.resume_reading()
+        writer = asyncio.StreamWriter(raw, protocol, reader, loop)
+
+        async def on_tls(tls_reader: asyncio.StreamReader, tls_writer: asyncio.StreamWriter) -> None:
+            await self._after_tls(tls_reader, tls_writer, target, listener, peer)
+
+        async def on_direct(data: bytes, client_reader: asyncio.StreamReader,
+                            client_writer: asyncio.StreamWriter) -> None:
             try:
                 upstream = await asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 listener.cx_failed.inc()
                 log.error("gateway.egress.backend_unreachable", id=self.config.id,
                           backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
-                await close_writer(writer)
+                await close_writer(client_writer)
                 return
-            await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
-        finally:
-            listener.cx_active.dec()
+            log.info("gateway.egress.direct_forward", id=self.config.id, peer=str(peer))
+            upstream[1].write(data)
+            listener.rx_bytes.inc(len(data))
+            await relay((client_reader, client_writer), upstream, on_rx=listener.rx_bytes.inc,
+                        on_tx=listener.tx_bytes.inc)
+
+        await DecapServer(context=lambda: self.certs.context, direct_forward=self.direct_forward, on_tls=on_tls,
+                          on_direct=on_direct, reject=lambda reason: self._reject(listener, peer, reason),
+                          handshake_timeout=HANDSHAKE_TIMEOUT).serve(reader, writer)
+
+    async def _after_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: tuple[str, int],
+                         listener: Listener, peer: object) -> None:
+        """A finished rats-tls handshake: check ALPN, then relay or serve HTTP/2 CONNECT streams."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != self.certs.alpn:
+            self._reject(listener, peer, f"client did not negotiate ALPN {self.certs.alpn!r} (got {alpn!r}); "
+                         "is it a TNG client of another generation (multiplex/h2)?")
+            await close_writer(writer)
+            return
+        if alpn == "h2":  # rats_tls.multiplex: one HTTP/2 CONNECT stream per client connection
+            await H2ConnectServer(reader, writer,
+                                  lambda: asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT),
+                                  on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc).serve()
+            return
+        try:
+            upstream = await asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            listener.cx_failed.inc()
+            log.error("gateway.egress.backend_unreachable", id=self.config.id,
+                      backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
+            await close_writer(writer)
+            return
+        await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
 
     async def _connect_backend(self, target: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.config.netfilter is None:

@@ -7,6 +7,12 @@ answers ``200`` to ``CONNECT`` or sends the (origin-form) request upstream: no b
 request leaves before the peer is verified. A refused peer gets ``502`` with the reason in the body
 and header ``x-cai-gateway-error``, and one structured log line. Targets outside ``dst_filters`` are
 proxied in plaintext, as TNG does.
+
+With ``rats_tls.multiplex: true`` (ALPN ``h2``) or ``"compat": "2.2.4"`` each client connection is
+one HTTP/2 ``CONNECT`` stream on a pooled, verified TLS session (``gateway.ingress_pool``); with
+``"compat": "2.2.4"`` plus ``encap_in_http`` that session runs inside an h2c ``POST`` named after the
+client's first request (authority, rewritten path), so the ingress reads that request head first
+— locally, nothing leaves before the peer is verified.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from agents.logsetup import get_logger
 from gateway import bhttp
 from gateway.config import EndpointFilter, IngressConfig, MappingRule
 from gateway.errors import CertFormatError, GatewayError, VerificationFailed
-from gateway.http_head import MAX_HEAD, ProxyRequestError, parse_origin_request, parse_proxy_request
+from gateway.h2c_encap import PathRewriter
+from gateway.http_head import MAX_HEAD, ProxyRequest, ProxyRequestError, parse_origin_request, parse_proxy_request
+from gateway.http_inspect import InspectError, RequestInfo, inspect_request
+from gateway.ingress_pool import PoolKey, TunnelPool, client_context
 from gateway.metrics import GatewayMetrics, Listener
 from gateway.ohttp_client import OhttpClient
 from gateway.relay import close_writer, relay
@@ -38,16 +47,6 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorizat
 HEAD_TIMEOUT = 30.0
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def client_context(alpn: str) -> ssl.SSLContext:
-    """TLS 1.3 client context; the peer's certificate is checked by the attestation path, not PKI."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols([alpn])
-    return ctx
 
 
 async def ratls_connect(host: str, port: int, *, alpn: str, verifier: PeerVerifier | None) -> Streams:
@@ -97,9 +96,12 @@ class Ingress:
     """The listener of one ``add_ingress`` entry (``http_proxy`` or ``mapping``)."""
 
     def __init__(self, config: IngressConfig, metrics: GatewayMetrics, verifier: PeerVerifier | None) -> None:
-        if config.security.rats_tls and config.security.rats_tls.multiplex:
-            raise GatewayError(f"add_ingress[{config.id}].rats_tls.multiplex: the H2 CONNECT framing is not "
-                               "implemented", hint="use multiplex: false (TNG >= 2.7 default) or 'ohttp'")
+        if verifier is not None and verifier.binding != config.security.binding:
+            raise GatewayError(f"add_ingress[{config.id}]: the verifier expects binding format {verifier.binding} "
+                               f"but the entry needs format {config.security.binding}")
+        h2c = config.security.h2c
+        self.pool = TunnelPool(verifier, encap_in_http=h2c is not None) if config.security.multiplex else None
+        self.rewriter = PathRewriter(h2c.path_rewrites) if h2c is not None else None
         self.ohttp = OhttpClient(verifier) if config.security.ohttp is not None else None
         self.config = config
         self.metrics = metrics
@@ -153,6 +155,8 @@ class Ingress:
         self.servers.clear()
         if self.ohttp is not None:
             await self.ohttp.close()
+        if self.pool is not None:
+            await self.pool.close()
         if self.verifier is not None:
             await self.verifier.close()
 
@@ -160,9 +164,16 @@ class Ingress:
         filters = self.config.http_proxy.dst_filters if self.config.http_proxy else ()
         return not filters or any(_matches(f, host, port) for f in filters)
 
-    async def _upstream(self, host: str, port: int, listener: Listener, peer: object) -> Streams | str:
+    async def _upstream(self, host: str, port: int, listener: Listener, peer: object,
+                        request: RequestInfo | None = None) -> Streams | str:
         """Connected (and verified) upstream streams, or the refusal reason."""
         try:
+            if self.pool is not None:
+                key = PoolKey(host, port)
+                if self.rewriter is not None:
+                    assert request is not None
+                    key = PoolKey(host, port, request.authority, self.rewriter.rewrite(request.path))
+                return await self.pool.open_stream(key)
             return await ratls_connect(host, port, alpn=self.alpn, verifier=self.verifier)
         except (VerificationFailed, CertFormatError, GatewayError, CaiError) as exc:
             listener.cx_failed.inc()
@@ -179,11 +190,19 @@ class Ingress:
             if self.ohttp is not None:
                 await self._serve_ohttp(reader, writer, None, f"{rule.target.host}:{rule.target.port}", listener)
                 return
+            early, info = b"", None
+            if self.rewriter is not None:
+                first = await self._first_request(reader, writer, listener)
+                if first is None:
+                    return
+                early, info = first
             upstream = await self._upstream(rule.target.host, rule.target.port, listener,
-                                            writer.get_extra_info("peername"))
+                                            writer.get_extra_info("peername"), info)
             if isinstance(upstream, str):
                 await close_writer(writer)
                 return
+            if early:
+                upstream[1].write(early)
             await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
         finally:
             listener.cx_active.dec()
@@ -213,9 +232,22 @@ class Ingress:
                     return
                 await self._serve_ohttp(reader, writer, head, f"{request.host}:{request.port}", listener)
                 return
+            early, answered = b"", False
             if self._protected(request.host, request.port):
-                upstream = await self._upstream(request.host, request.port, listener, peer)
+                info = None
+                if self.rewriter is not None:  # encap_in_http (2.2.4): the outer POST is named after the request
+                    if request.connect:
+                        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        answered = True
+                        first = await self._first_request(reader, writer, listener)
+                        if first is None:
+                            return
+                        early, info = first
+                    else:
+                        info = _origin_info(request)
+                upstream = await self._upstream(request.host, request.port, listener, peer, info)
                 if isinstance(upstream, str):
+                    # after a CONNECT 200 the client speaks HTTP inside the tunnel: it reads this answer too
                     await _respond(writer, 502, "Bad Gateway", "TEE verification failed: " + upstream)
                     return
                 self.metrics.attestation.labels(side="ingress", result="verified").inc()
@@ -228,9 +260,12 @@ class Ingress:
                     await _respond(writer, 502, "Bad Gateway", f"cannot connect: {type(exc).__name__}")
                     return
             if request.connect:
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if not answered:
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 upstream[1].write(request.origin_form)
+            if early:
+                upstream[1].write(early)
             await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
         finally:
             listener.cx_active.dec()
@@ -288,6 +323,41 @@ class Ingress:
         except (ConnectionError, OSError):
             pass
         await close_writer(writer)
+
+
+    async def _first_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             listener: Listener) -> tuple[bytes, RequestInfo] | None:
+        """Buffer the client's first request head (kept local) to learn its authority and path."""
+        data = b""
+        try:
+            while True:
+                more = await asyncio.wait_for(reader.read(65536), HEAD_TIMEOUT)
+                if not more:
+                    raise ConnectionResetError("client closed before its first request")
+                data += more
+                info = inspect_request(data)
+                if info is not None:
+                    return data, info
+        except InspectError as exc:
+            listener.cx_failed.inc()
+            await _respond(writer, 400, "Bad Request", f"encap_in_http (TNG 2.2.4) needs a plain HTTP request "
+                           f"inside the connection: {exc}")
+        except (TimeoutError, ConnectionError, OSError):
+            listener.cx_failed.inc()
+            await close_writer(writer)
+        return None
+
+
+def _origin_info(request: ProxyRequest) -> RequestInfo:
+    """Authority and path of an absolute-form proxy request (its Host header, else the target)."""
+    try:
+        info = inspect_request(request.origin_form)
+    except InspectError:
+        info = None
+    if info is not None:
+        return info
+    path = request.origin_form.split(b" ", 2)[1].decode("ascii", "replace").split("?", 1)[0]
+    return RequestInfo("http1", f"{request.host}:{request.port}", path)
 
 
 def _phrase(status: int) -> str:

@@ -105,15 +105,16 @@ def report_data(runtime_data: str, hash_algo: int = SHA384_ID) -> bytes:
     return hashlib.new(HASH_ALGO_IDS[hash_algo], runtime_data.encode("utf-8")).digest()
 
 
-def encode_extension(record: EvidenceRecord) -> bytes:
-    raw = cbor2.dumps({
-        "tee_type": record.tee_type,
-        "aa_evidence": record.aa_evidence,
-        "aa_additional_evidence": record.aa_additional_evidence,
-        "aa_runtime_data": record.aa_runtime_data,
-        "aa_runtime_data_hash_algo": record.hash_algo,
-    })
-    return cbor2.dumps(cbor2.CBORTag(TAG_COCO_EVIDENCE, [raw, b""]))
+def encode_extension(record: EvidenceRecord, claims_buffer: bytes = b"") -> bytes:
+    """Extension ``2.23.133.5.4.9``. An empty ``claims_buffer`` is format B (TNG >= 2.2.5); a non-empty
+    one is format A (TNG <= 2.2.4, ``gateway.ratls_format_a``), whose rats-rs evidence map has no
+    ``aa_additional_evidence`` key."""
+    fields: dict[str, Any] = {"tee_type": record.tee_type, "aa_evidence": record.aa_evidence}
+    if not claims_buffer:
+        fields["aa_additional_evidence"] = record.aa_additional_evidence
+    fields["aa_runtime_data"] = record.aa_runtime_data
+    fields["aa_runtime_data_hash_algo"] = record.hash_algo
+    return cbor2.dumps(cbor2.CBORTag(TAG_COCO_EVIDENCE, [cbor2.dumps(fields), claims_buffer]))
 
 
 def _cbor(data: bytes, what: str) -> Any:
@@ -124,7 +125,26 @@ def _cbor(data: bytes, what: str) -> Any:
 
 
 def decode_extension(value: bytes) -> EvidenceRecord:
-    """Parse extension ``2.23.133.5.4.9``; only the CoCo evidence tag (background check) is accepted."""
+    """Parse a format-B extension ``2.23.133.5.4.9``; a format-A claims buffer is refused."""
+    raw, claims_buffer = _split_extension(value)
+    if claims_buffer:
+        raise CertFormatError("rats-tls certificate uses the TNG <= 2.2.4 claims buffer (format A); this "
+                              "listener expects format B (TNG >= 2.2.5)", hint="set \"compat\": \"2.2.4\" on "
+                              "this entry to talk to a TNG <= 2.2.4 peer")
+    return _evidence_map(raw)
+
+
+def decode_extension_parts(value: bytes) -> tuple[EvidenceRecord, bytes]:
+    """Parse extension ``2.23.133.5.4.9`` of either format: (evidence record, claims buffer).
+
+    Only the CoCo evidence tag (background check) is accepted. The claims buffer is empty in
+    format B and carries the CBOR claims map in format A.
+    """
+    raw, claims_buffer = _split_extension(value)
+    return _evidence_map(raw), claims_buffer
+
+
+def _split_extension(value: bytes) -> tuple[bytes, bytes]:
     if len(value) > MAX_EXTENSION:
         raise CertFormatError(f"rats-tls evidence extension is {len(value)} bytes; limit {MAX_EXTENSION}")
     outer = _cbor(value, "extension")
@@ -140,9 +160,10 @@ def decode_extension(value: bytes) -> EvidenceRecord:
             or not all(isinstance(v, bytes) for v in outer.value)):
         raise CertFormatError("rats-tls evidence tag must wrap [bstr evidence, bstr claims_buffer]")
     raw, claims_buffer = outer.value
-    if claims_buffer:
-        raise CertFormatError("rats-tls certificate uses the TNG <= 2.2.4 claims buffer (format A); this "
-                              "listener expects format B (TNG >= 2.2.5)")
+    return raw, claims_buffer
+
+
+def _evidence_map(raw: bytes) -> EvidenceRecord:
     inner = _cbor(raw, "evidence map")
     if not isinstance(inner, dict):
         raise CertFormatError("rats-tls evidence is not a CBOR map")
@@ -164,8 +185,10 @@ def decode_extension(value: bytes) -> EvidenceRecord:
 
 
 def build_certificate(key: ec.EllipticCurvePrivateKey, record: EvidenceRecord,
-                      now: datetime.datetime) -> bytes:
-    """The self-signed attested certificate (DER). Raises CertFormatError when too large for rustls."""
+                      now: datetime.datetime, *, claims_buffer: bytes = b"") -> bytes:
+    """The self-signed attested certificate (DER). Raises CertFormatError when too large for rustls.
+
+    ``claims_buffer`` non-empty makes a format-A (TNG <= 2.2.4) certificate."""
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -178,7 +201,8 @@ def build_certificate(key: ec.EllipticCurvePrivateKey, record: EvidenceRecord,
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=True,
                                      data_encipherment=False, key_agreement=True, key_cert_sign=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.UnrecognizedExtension(EVIDENCE_OID, encode_extension(record)), critical=False)
+        .add_extension(x509.UnrecognizedExtension(EVIDENCE_OID, encode_extension(record, claims_buffer)),
+                       critical=False)
         .add_extension(x509.UnrecognizedExtension(ENDORSEMENT_OID, b""), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -194,6 +218,7 @@ def build_certificate(key: ec.EllipticCurvePrivateKey, record: EvidenceRecord,
 class AttestedCertificate:
     spki: bytes
     record: EvidenceRecord
+    claims_buffer: bytes = b""  # format A only
 
 
 def parse_certificate(der: bytes) -> AttestedCertificate:
@@ -224,7 +249,8 @@ def parse_certificate(der: bytes) -> AttestedCertificate:
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):
         raise CertFormatError("rats-tls evidence extension could not be read")
-    return AttestedCertificate(spki=spki_der(public), record=decode_extension(value.value))
+    record, claims_buffer = decode_extension_parts(value.value)
+    return AttestedCertificate(spki=spki_der(public), record=record, claims_buffer=claims_buffer)
 
 
 def check_binding(cert: AttestedCertificate) -> dict[str, Any]:
@@ -233,6 +259,10 @@ def check_binding(cert: AttestedCertificate) -> dict[str, Any]:
     The AS later proves the report data equals the hash of this runtime data; together they bind
     the verdict to the TLS key. Returns the runtime-data object (the claims the token must carry).
     """
+    if cert.claims_buffer:
+        raise CertFormatError("rats-tls certificate uses the TNG <= 2.2.4 claims buffer (format A); this "
+                              "listener expects format B (TNG >= 2.2.5)", hint="set \"compat\": \"2.2.4\" on "
+                              "this entry to talk to a TNG <= 2.2.4 peer")
     claims = cert.record.runtime_data_object()
     expected = binding_claims(cert.spki)
     for key, value in expected.items():

@@ -24,6 +24,7 @@ from cryptography import x509
 
 from agents.http import BodyTooLarge, read_body_limited
 from agents.logsetup import get_logger
+from gateway import ratls_format_a
 from gateway.as_protocol import FLAT_SHAPE, NEW_SHAPE, attestation_request, error_text, wants_flat_shape
 from gateway.config import Verify
 from gateway.errors import AttestationServiceError, GatewayConfigError, VerificationFailed
@@ -90,7 +91,11 @@ class AsClient:
 class PeerVerifier:
     """Background-check verification of rats-tls peers against one ``verify`` block."""
 
-    def __init__(self, verify: Verify, *, clock: Callable[[], float] = time.time, leeway: float = 0.0) -> None:
+    def __init__(self, verify: Verify, *, clock: Callable[[], float] = time.time, leeway: float = 0.0,
+                 binding: str = "B") -> None:
+        if binding not in ("A", "B"):
+            raise ValueError(f"unknown rats-tls binding format {binding!r}")
+        self.binding = binding  # "A": TNG <= 2.2.4 peers ("compat": "2.2.4"), "B": TNG >= 2.2.5
         self.verify = verify
         self.clock = clock
         self.leeway = leeway
@@ -133,12 +138,16 @@ class PeerVerifier:
             if cached is not None and self.clock() < cached.exp:
                 return cached
             cert = parse_certificate(der)
-            expected = check_binding(cert)
+            expected = ratls_format_a.check_binding(cert) if self.binding == "A" else check_binding(cert)
             self.as_calls += 1
             token = await self.as_client.attest(cert.record, self.verify.policy_ids)
             verdict = verify_token(token, anchors=await self.anchors(), policy_ids=self.verify.policy_ids,
                                    expected_runtime_data=_binding_only(expected), now=self.clock(),
                                    leeway=self.leeway)
+            if self.binding == "A" and dict(verdict.runtime_data) != expected:
+                # TNG 2.2.4 compares the serialised runtime data: extra claims are a mismatch too
+                raise VerificationFailed("attestation token runtime data is not exactly the format-A binding "
+                                         "{\"rats-rs.raw_runtime_data\": ...} of the peer's claims buffer")
             if len(self._cache) >= MAX_CACHE:
                 self._cache.clear()
             self._cache[fingerprint] = verdict

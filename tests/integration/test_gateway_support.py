@@ -102,7 +102,7 @@ async def our_egress(aa_socket: str, backend_port: int, **extra: Any) -> AsyncIt
         "attest": {"aa_addr": "unix://" + aa_socket}, **extra}]})
     entry = config.egress[0]
     provider = AaEvidenceProvider(aa_socket)
-    certs = AttestedCertManager(provider, alpn=entry.security.alpn)
+    certs = AttestedCertManager(provider, alpn=entry.security.alpn, binding=entry.security.binding)
     await certs.start()
     egress = Egress(entry, certs, GatewayMetrics(Metrics()))
     await egress.start()
@@ -116,7 +116,7 @@ async def our_egress(aa_socket: str, backend_port: int, **extra: Any) -> AsyncIt
 
 @contextlib.asynccontextmanager
 async def our_ingress(verify: dict[str, Any], *, dst_filters: Any = None, clock: Any = None,
-                      metrics: GatewayMetrics | None = None, ohttp: bool = False
+                      metrics: GatewayMetrics | None = None, ohttp: bool = False, **extra: Any
                       ) -> AsyncIterator[tuple[int, Ingress]]:
     proxy: dict[str, Any] = {"proxy_listen": {"host": "127.0.0.1", "port": free_port()}}
     if dst_filters is not None:
@@ -124,10 +124,12 @@ async def our_ingress(verify: dict[str, Any], *, dst_filters: Any = None, clock:
     entry_config: dict[str, Any] = {"http_proxy": proxy, "verify": verify}
     if ohttp:
         entry_config["encap_in_http"] = {}  # the deployment guide's spelling: OHTTP since TNG 2.2.5
+    entry_config.update(extra)
     config = parse_config({"add_ingress": [entry_config]})
     entry = config.ingress[0]
     assert entry.security.verify is not None
-    verifier = PeerVerifier(entry.security.verify, **({"clock": clock} if clock else {}))
+    verifier = PeerVerifier(entry.security.verify, binding=entry.security.binding,
+                            **({"clock": clock} if clock else {}))
     ingress = Ingress(entry, metrics or GatewayMetrics(Metrics()), verifier)
     await ingress.start()
     try:
