@@ -58,6 +58,13 @@ COMMANDS: tuple[Command, ...] = (
             "Ask a daemon's health endpoint over its Unix socket (/run/cai/aa.sock, /run/cai/cdh.sock, "
             "/run/cai/cachefs.sock) or a HOST:PORT listener (the gateway's control interface); exit 0 on 200, "
             "1 otherwise. Used by the compose healthchecks and the Kubernetes probes."),
+    Command("up", "agents.up", "start the daemons from a cai.env in order and supervise them",
+            "Start the attestation agent, then (as cai.env asks) the data hub, cachefs and the gateway, each "
+            "after the previous one reported ready; if one dies, stop the others and exit 1 (fail closed). "
+            "For VMs without the systemd units; same order as systemd/ and compose/."),
+    Command("status", "agents.status", "show each daemon's readiness",
+            "Probe each daemon's /readyz (and status) endpoint: ready, not ready with the reason, or not "
+            "running. Exit 0 when every running daemon is ready, 1 when one is not, 3 when none runs."),
     Command("demo", "agents.demo", "run the whole chain locally with the sample TEE and a local Trustee stand-in",
             "Local demonstration with no TEE hardware: starts Trustee stand-ins, the attestation agent "
             "(sample TEE explicitly allowed), attests in both KBS protocol dialects and fetches resources, "

@@ -13,15 +13,16 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from agents.supervisor import DaemonSupervisor
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
 ALT_KEY = "default/aliyun/crag-master-key"
@@ -55,55 +56,10 @@ class Report:
         return all(ok for _, ok, _, _ in self.steps)
 
 
-class NotifyListener:
-    """A NOTIFY_SOCKET like systemd's, to see the daemons' READY=1 / STOPPING=1."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.extend(self.sock.recv(4096).decode(errors="replace").splitlines())
-            except BlockingIOError:
-                return self.messages
-
-    async def wait_for(self, state: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while state not in self.drain():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {state} within {timeout:g} s")
-            await asyncio.sleep(0.02)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def _process(argv: list[str], log_path: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    with open(log_path, "ab") as log:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env,
-                                                    stdin=asyncio.subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 def _digest(value: bytes) -> str:
@@ -132,49 +88,6 @@ def _example_model(root: Path) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
-class Daemons:
-    """Starts ``cai`` daemons as real processes and waits for their READY=1, like systemd."""
-
-    def __init__(self, stack: contextlib.AsyncExitStack, workdir: Path, timeout: float) -> None:
-        self.stack, self.workdir, self.timeout = stack, workdir, timeout
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.notify: dict[str, NotifyListener] = {}
-
-    async def start(self, name: str, argv: list[str], env: dict[str, str]) -> str:
-        notify = NotifyListener(self.workdir / f"{name}.notify")
-        self.stack.callback(notify.close)
-        self.notify[name] = notify
-        full_env = {**{k: v for k, v in os.environ.items()
-                       if not k.startswith(("CAI_", "TRUSTEE_", "MODEL_", "ALT_"))},
-                    **env, "NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1"}
-        proc = await self.stack.enter_async_context(
-            _process([sys.executable, "-m", "agents.cli", *argv], self.workdir / f"{name}.log", full_env))
-        self.procs[name] = proc
-        deadline = time.monotonic() + self.timeout
-        while "READY=1" not in notify.drain():
-            if proc.returncode is not None:
-                raise RuntimeError(f"`cai {argv[0]}` exited with {proc.returncode}: {self.last_error(name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"`cai {argv[0]}` not ready within {self.timeout:g} s: {self.last_error(name)}")
-            await asyncio.sleep(0.02)
-        return f"READY=1 via sd_notify (pid {proc.pid})"
-
-    def last_error(self, name: str) -> str:
-        try:
-            lines = (self.workdir / f"{name}.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return "no log"
-        errors = [line for line in lines if '"error"' in line or "fatal" in line]
-        return (errors or lines or ["no output"])[-1][:400]
-
-    async def stop(self, name: str) -> int:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), self.timeout)
-        await self.notify[name].wait_for("STOPPING=1", 2)
-        return code
-
-
 async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> None:
     import aiohttp
 
@@ -198,7 +111,8 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
 
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lambda: __import__("shutil").rmtree(resources_parent, ignore_errors=True))
-        daemons = Daemons(stack, workdir, args.timeout)
+        daemons = DaemonSupervisor(stack, workdir, args.timeout, base_env={
+            k: v for k, v in os.environ.items() if not k.startswith(("CAI_", "TRUSTEE_", "MODEL_", "ALT_"))})
         trustees: dict[str, StandinServer] = {}
         digests: dict[str, str] = {}
 
@@ -367,7 +281,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
             await report.step("a plaintext client cannot use the protected port", plain_refused)
 
         async def stop_all() -> str:
-            codes = {name: await daemons.stop(name) for name in reversed(list(daemons.procs))}
+            codes = await daemons.stop_all()
             if any(codes.values()):
                 raise RuntimeError(f"exit codes {codes}")
             if os.path.ismount(mount_point):

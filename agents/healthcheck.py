@@ -23,7 +23,7 @@ from agents import validators
 
 DEFAULT_PATH = "/readyz"
 DEFAULT_TIMEOUT = 3.0
-MAX_BODY = 4096  # enough for a one-line reason; a health answer is small
+MAX_BODY = 64 * 1024  # health and status answers are small; bounded all the same
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,10 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def probe(target: Target, path: str = DEFAULT_PATH, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
-    """GET ``path`` on ``target``; return (status, first line of the body). Raises ``OSError``."""
+def probe(target: Target, path: str = DEFAULT_PATH, timeout: float = DEFAULT_TIMEOUT, *,
+          full_body: bool = False) -> tuple[int, str]:
+    """GET ``path`` on ``target``; return (status, first line of the body, or all of it up to the
+    size limit with ``full_body``). Raises ``OSError``."""
     conn: http.client.HTTPConnection
     if target.unix_path is not None:
         conn = _UnixConnection(target.unix_path, timeout)
@@ -91,6 +93,8 @@ def probe(target: Target, path: str = DEFAULT_PATH, timeout: float = DEFAULT_TIM
         conn.request("GET", path, headers={"Accept": "application/json"})
         resp = conn.getresponse()
         body = resp.read(MAX_BODY)
+        if full_body:
+            return resp.status, body.decode("utf-8", "replace")
         return resp.status, body.decode("utf-8", "replace").strip().splitlines()[0][:200] if body.strip() else ""
     except http.client.HTTPException as exc:
         raise OSError(f"not an HTTP answer ({type(exc).__name__})") from None
