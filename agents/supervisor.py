@@ -36,17 +36,35 @@ class NotifyListener:
             except BlockingIOError:
                 return self.messages
 
-    async def wait_for(self, state: str, timeout: float) -> None:
+    @property
+    def seen(self) -> list[str]:
+        """Every notification received so far."""
+        return self.drain()
+
+    async def wait_for(self, state: str, timeout: float = 30.0, *, proc: asyncio.subprocess.Process | None = None,
+                       log: Path | None = None) -> None:
+        """Wait for ``state`` (e.g. ``READY=1``); fail at once if ``proc`` exits first."""
         deadline = time.monotonic() + timeout
         while state not in self.drain():
+            if proc is not None and proc.returncode is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before {state}" + _tail(log))
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {state} within {timeout:g} s")
+                raise TimeoutError(f"no {state} within {timeout:g} s; seen {self.messages}" + _tail(log))
             await asyncio.sleep(0.02)
 
     def close(self) -> None:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _tail(log: Path | None) -> str:
+    if log is None:
+        return ""
+    try:
+        return "; log: " + log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +17,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from agents.health import HealthState, Metrics
 from agents.http import unix_session
+from agents.supervisor import NotifyListener
 from attestation_agent.aa_client import AaClient
 from attestation_agent.api import build_app
 from attestation_agent.attesters.sample import SampleAttester
@@ -38,30 +38,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Notify:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.seen: list[str] = []
-
-    async def wait_for(self, state: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.seen += self.sock.recv(4096).decode().splitlines()
-                continue
-            except BlockingIOError:
-                pass
-            if state in self.seen:
-                return
-            assert time.monotonic() < deadline, f"no {state}; seen {self.seen}"
-            await asyncio.sleep(0.02)
 
 
 async def start_aa(tmp_path: Path, *extra: str, kbs_url: str | None = None):
-    notify = Notify(tmp_path / "notify.sock")
+    notify = NotifyListener(tmp_path / "notify.sock")
     port = free_port()
     log = open(tmp_path / "aa.log", "wb")
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from agents.http import unix_session
+from agents.supervisor import NotifyListener
 from attestation_agent.kbs.dialect import Dialect
 from trustee_standin.config import StandinConfig
 from trustee_standin.server import StandinServer
@@ -32,32 +33,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Notify:
-    """A fake systemd notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.seen: list[str] = []
-
-    def poll(self) -> None:
-        while True:
-            try:
-                self.seen += self.sock.recv(4096).decode().splitlines()
-            except BlockingIOError:
-                return
-
-    async def wait_for(self, state: str, timeout: float = 30, proc=None) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.poll()
-            if state in self.seen:
-                return
-            assert proc is None or proc.returncode is None, f"process exited {proc.returncode}"
-            assert time.monotonic() < deadline, f"no {state}; seen {self.seen}"
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -77,7 +52,7 @@ def repository(root: Path, items: dict[str, bytes]) -> Path:
 
 
 async def spawn(tmp_path: Path, name: str, argv: list[str], env: dict[str, str]):
-    notify = Notify(tmp_path / f"{name}-notify.sock")
+    notify = NotifyListener(tmp_path / f"{name}-notify.sock")
     log = open(tmp_path / f"{name}.log", "wb")
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CAI_", "TRUSTEE", "MODEL_", "ALT_"))},
                 **env, "NOTIFY_SOCKET": str(notify.path)}
@@ -201,7 +176,7 @@ async def test_trustee_down_at_start_not_ready_then_ready(tmp_path, tmpfs):
                 pass
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
-        notify.poll()
+        notify.drain()
         assert "READY=1" not in notify.seen and cdh.returncode is None  # retrying, not exiting
         async with StandinServer(StandinConfig(dialect=Dialect.V0_1_0, repository=repo), port=port):
             await notify.wait_for("READY=1", proc=cdh)
@@ -216,7 +191,7 @@ async def test_persistent_directory_refused_and_bad_uri_named(tmp_path):
     env = {"TRUSTEE_URL": "http://127.0.0.1:9/api", "MODEL_KEY_ID": f"kbs:///{MODEL}"}
     cdh, notify = await spawn(tmp_path, "cdh", cdh_argv(tmp_path, tmp_path / "disk-resources", aa_sock), env)
     assert await asyncio.wait_for(cdh.wait(), 20) == 1
-    notify.poll()
+    notify.drain()
     assert "READY=1" not in notify.seen
     log = (tmp_path / "cdh.log").read_text()
     fatal = [json.loads(line) for line in log.splitlines() if '"fatal"' in line]

@@ -20,15 +20,14 @@ import ctypes
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from agents.envfile import load_env_file
+from agents.supervisor import NotifyListener
 from attestation_agent.kbs.dialect import Dialect
 from trustee_standin.config import StandinConfig
 from trustee_standin.server import StandinServer
@@ -159,32 +158,6 @@ def test_units_notify_order_share_run_cai_and_are_hardened():
 # --------------------------------------------------------------------------- starting the daemons like systemd
 
 
-class Notify:
-    """The service manager's end of NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.seen: list[str] = []
-
-    def poll(self) -> None:
-        while True:
-            try:
-                self.seen += self.sock.recv(4096).decode().splitlines()
-            except BlockingIOError:
-                return
-
-    async def wait_for(self, state: str, proc: asyncio.subprocess.Process, log: Path, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.poll()
-            if state in self.seen:
-                return
-            assert proc.returncode is None, f"exited {proc.returncode}: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"no {state}; seen {self.seen}; log: {log.read_text()[-2000:]}"
-            await asyncio.sleep(0.05)
 
 
 def sandbox(unit: dict):
@@ -222,7 +195,7 @@ async def start_unit(name: str, tmp_path: Path, env_file: Path, overrides: dict[
         env[key] = value
     env.update(load_env_file(env_file))  # EnvironmentFile= overrides Environment=
     env.update(overrides)
-    notify = Notify(tmp_path / f"{name}.notify")
+    notify = NotifyListener(tmp_path / f"{name}.notify")
     env["NOTIFY_SOCKET"] = str(notify.path)
     # The unit's WatchdogSec= is 30 s or more; a short period shows the pings without waiting that long.
     assert one(unit, "WatchdogSec")
@@ -268,15 +241,15 @@ async def test_aa_and_data_hub_start_from_their_units_and_notify_ready(tmp_path,
              "CAI_AA_ALLOW_SAMPLE": "true"})
         cdh = None
         try:
-            await aa_notify.wait_for("READY=1", aa, aa_log)
-            await aa_notify.wait_for("WATCHDOG=1", aa, aa_log)
+            await aa_notify.wait_for("READY=1", proc=aa, log=aa_log)
+            await aa_notify.wait_for("WATCHDOG=1", proc=aa, log=aa_log)
             cdh, cdh_notify, cdh_log = await start_unit(
                 "cai-data-hub.service", tmp_path, env_file,
                 {"CAI_CDH_SOCKET": cdh_sock, "CAI_CDH_AA_SOCKET": aa_sock,
                  "CAI_CDH_RESOURCES_DIR": str(run_cai / "resources"), "CAI_CDH_STARTUP_RETRY_INITIAL": "0.05"})
-            await cdh_notify.wait_for("READY=1", cdh, cdh_log)
+            await cdh_notify.wait_for("READY=1", proc=cdh, log=cdh_log)
             assert (run_cai / "resources" / "model-key").read_bytes() == secret
-            await cdh_notify.wait_for("WATCHDOG=1", cdh, cdh_log)
+            await cdh_notify.wait_for("WATCHDOG=1", proc=cdh, log=cdh_log)
             # The compose/Kubernetes health probe agrees with READY=1.
             for sock in (aa_sock, cdh_sock):
                 probe = subprocess.run([f"{PREFIX}/bin/cai", "healthcheck", sock], capture_output=True, text=True,
@@ -286,7 +259,7 @@ async def test_aa_and_data_hub_start_from_their_units_and_notify_ready(tmp_path,
             if cdh is not None:
                 assert await stop(cdh) == 0
             assert await stop(aa) == 0
-        aa_notify.poll()
+        aa_notify.drain()
         assert "STOPPING=1" in aa_notify.seen
         for log in (aa_log, tmp_path / "cai-data-hub.service.log"):
             assert secret.decode() not in log.read_text(errors="replace")
