@@ -25,6 +25,10 @@ objects into several parallel ranged GETs for links where one connection is slow
 link; S3 servers that re-read the object per range, like moto, get slower with it). The stream
 is pumped by its own task into a small bounded queue so the socket is always being read, and
 each piece is written by a worker thread at its offset, with no copy and no work on the loop.
+The newest pieces also stay in a bounded in-memory window (:class:`_StreamWindow`): a reader of a
+range the stream has received copies it from there at once instead of waiting for the write and
+reading it back (the cold-read path), and the file is preallocated ahead of the writes
+(:func:`_preallocate`), which makes the writes cheaper without hiding holes from the crash check.
 
 Integrity: on restart a sidecar is reused only if the listing's size and ETag equal the recorded
 ones (else that object's cache is discarded). A recorded chunk is reused only if its range of
@@ -47,7 +51,8 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,7 @@ MAX_OBJECT_SIZE = 1 << 50
 MAX_ETAG = 1024
 MAX_PATH = 4096
 _INLINE_PREAD = 256 << 10
+_PREALLOCATE = 32 << 20
 
 
 class CacheError(SourceError):
@@ -266,6 +272,7 @@ class _Object:
         "record_path",
         "state",
         "streams",
+        "windows",
     )
 
     def __init__(self, entry: SourceEntry, count: int, data_path: Path, record_path: Path) -> None:
@@ -280,6 +287,8 @@ class _Object:
         self.complete_announced = False
         # Background streams in progress: [next chunk index, last chunk index] each.
         self.streams: list[list[int]] = []
+        # In-memory tails of those streams, for readers waiting on bytes not yet on disk.
+        self.windows: list[_StreamWindow] = []
         self.changed: asyncio.Event | None = None
 
     def notify(self) -> None:
@@ -371,6 +380,44 @@ def _lost_chunks(data_path: Path, layout: ChunkLayout, size: int, recorded: Iter
         os.close(fd)
 
 
+def _fallocate_function() -> Any:
+    """Linux ``fallocate(2)`` through libc, or None where unavailable.
+
+    Not ``os.posix_fallocate``: glibc emulates that by *writing zeros* on file systems without
+    fallocate support, which would turn not-yet-downloaded ranges into data and defeat the
+    ``SEEK_HOLE`` crash check of :func:`_lost_chunks`. The raw call fails instead (and is then
+    simply skipped).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.fallocate
+    except (OSError, AttributeError, ImportError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _fallocate_function()
+
+
+def _preallocate(fd: int, offset: int, length: int) -> bool:
+    """Best effort: reserve ``[offset, offset+length)`` as *unwritten* extents; False if not done.
+
+    Why: writing into preallocated extents costs ext4 about a third less CPU than delayed
+    allocation (measured: 128 MiB in 28 ms instead of 41 ms), and on a 2-core guest that CPU is
+    taken from the download itself. Safe for the crash check: unwritten extents read as zeros
+    but are reported as holes by ``SEEK_HOLE`` (ext4, XFS) until data is written into them, so a
+    chunk whose data was lost in a power cut is still found. Failure (no support, disk full) is
+    ignored: the write that follows reports a real disk-full condition itself.
+    """
+    if _fallocate is None or length <= 0:
+        return False
+    return bool(_fallocate(fd, 0, offset, length) == 0)
+
+
 class _StreamSink:
     """Thread-side writer of one streamed run: pieces go to the data file as they arrive.
 
@@ -388,6 +435,8 @@ class _StreamSink:
         self._index = first
         self._last = last
         self._pos, self._chunk_end = layout.span(first, size)
+        self._run_end = layout.span(last, size)[1]
+        self._reserved: int | None = self._pos  # preallocated up to here (None: not supported)
         self._lock = threading.Lock()
         self._busy = False
         self._close_pending = False
@@ -419,9 +468,12 @@ class _StreamSink:
                     self._close_now()
 
     def _feed(self, view: memoryview) -> list[int]:
-        end_of_run = self._layout.span(self._last, self._size)[1]
+        end_of_run = self._run_end
         if self._pos + len(view) > end_of_run:
             raise ShortFetchError(f"the stream sent more than the {end_of_run - self._pos} bytes left in the run")
+        if self._reserved is not None and self._pos + len(view) > self._reserved:
+            upto = min(end_of_run, self._pos + len(view) + _PREALLOCATE)
+            self._reserved = upto if _preallocate(self._fd, self._reserved, upto - self._reserved) else None
         written = 0
         while written < len(view):
             written += os.pwrite(self._fd, view[written:], self._pos + written)
@@ -456,15 +508,78 @@ class _StreamSink:
             os.close(fd)
 
 
+class _StreamWindow:
+    """The newest pieces of one background stream, kept in memory so waiting readers are served at once.
+
+    Why: without it a reader of a range the stream is delivering waits until the piece has been
+    written to the cache file, its chunk completed, and then reads it back from the file — two
+    extra copies and a disk round trip on the critical path of a cold model load. With it, the
+    reader copies the ciphertext straight out of the received buffer (one copy) while the worker
+    thread writes the same buffer to disk in parallel. Nothing here is marked present: the disk
+    state still changes only after ``pwrite`` returned, exactly as without the window.
+
+    Bounded: pieces are dropped oldest first once more than ``limit`` bytes are held (the newest
+    piece is always kept). A reader that fell further behind than that reads from disk instead.
+    Bytes past the end of the run (a server that sends too much) are never exposed.
+    Touched only from the event loop thread; the writer thread only reads the same buffers.
+    """
+
+    __slots__ = ("base", "end", "held", "limit", "pieces", "pos")
+
+    def __init__(self, start: int, end: int, limit: int) -> None:
+        self.base = start  # first byte still held
+        self.pos = start  # one past the last byte received
+        self.end = end  # end of the run this stream delivers
+        self.limit = limit
+        self.held = 0
+        self.pieces: deque[memoryview] = deque()
+
+    def add(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece).cast("B")
+        take = min(len(view), self.end - self.pos)
+        if take <= 0:
+            return
+        if take < len(view):
+            view = view[:take]
+        self.pieces.append(view)
+        self.pos += take
+        self.held += take
+        while self.held > self.limit and len(self.pieces) > 1:
+            dropped = self.pieces.popleft()
+            self.base += len(dropped)
+            self.held -= len(dropped)
+
+    def holds(self, offset: int, end: int) -> bool:
+        """True if ``[offset, end)`` is received and still held."""
+        return self.base <= offset and end <= self.pos
+
+    def copy(self, offset: int, end: int) -> bytes:
+        """The bytes ``[offset, end)``; the caller checked :meth:`holds`."""
+        parts: list[memoryview] = []
+        start = self.base
+        for piece in self.pieces:
+            stop = start + len(piece)
+            if stop > offset and start < end:
+                parts.append(piece[max(offset, start) - start : min(end, stop) - start])
+            if stop >= end:
+                break
+            start = stop
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+
 _END = object()
 
 
-async def _pump(pieces: AsyncIterator[memoryview], queue: asyncio.Queue[Any]) -> None:
+async def _pump(
+    pieces: AsyncIterator[memoryview], queue: asyncio.Queue[Any], on_piece: Callable[[memoryview], None]
+) -> None:
     """Move a stream's pieces into a bounded queue, always keeping one read outstanding.
 
     obstore (like most HTTP clients) reads the socket only while a ``__anext__`` is pending; a
-    consumer that writes and hashes between reads would stall the transfer once the kernel's
-    socket buffers fill. Errors are handed over in the queue; the stream is always closed.
+    consumer that writes between reads would stall the transfer once the kernel's socket buffers
+    fill. ``on_piece`` sees each piece the moment it arrives (before it waits for the disk), which
+    is how waiting readers are served from memory. Errors are handed over in the queue; the
+    stream is always closed.
     """
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -472,6 +587,7 @@ async def _pump(pieces: AsyncIterator[memoryview], queue: asyncio.Queue[Any]) ->
             if closer is not None:
                 stack.push_async_callback(closer)
             async for piece in pieces:
+                on_piece(piece)
                 await queue.put(piece)
         await queue.put(_END)
     except asyncio.CancelledError:
@@ -503,6 +619,7 @@ class CachedSource(CiphertextSource):
         stream_piece_bytes: int = 1 << 20,
         stream_buffer_pieces: int = 8,
         stream_patience: float = 1.0,
+        stream_window_bytes: int = 16 << 20,
     ) -> None:
         if max_fetch_bytes is None:
             max_fetch_bytes = MAX_OBJECT_SIZE
@@ -511,6 +628,8 @@ class CachedSource(CiphertextSource):
         if min(numbers) < 1:
             raise ValueError("CachedSource concurrency, persist_every, max_fetch_bytes, readahead_chunks and "
                              "stream sizes must be positive")
+        if stream_window_bytes < 0:
+            raise ValueError("CachedSource stream_window_bytes must be 0 (off) or positive")
         self._source = source
         self.name = f"cache of {source.name}"
         self._root = Path(cache_dir)
@@ -527,6 +646,7 @@ class CachedSource(CiphertextSource):
         self._piece_bytes = stream_piece_bytes
         self._patience = stream_patience
         self._stream_buffer = stream_buffer_pieces
+        self._window_bytes = stream_window_bytes
         self._objects: dict[str, _Object] = {}
         self._entries: list[SourceEntry] | None = None
         self._list_lock = asyncio.Lock()
@@ -678,7 +798,14 @@ class CachedSource(CiphertextSource):
             data = await self._fetch_range(obj, offset, end - offset, "passthrough")
             self._served.labels(origin="network").inc(len(data))
             return data
-        fresh = await asyncio.gather(*(self._ensure(obj, i, demand=True) for i in indices))
+        wait_streams = True
+        if obj.windows:  # even for chunks on disk: a copy from memory beats a pread in a thread
+            data, wait_streams = await self._from_window(obj, offset, end)
+            if data is not None:
+                self._served.labels(origin="stream").inc(len(data))
+                return data
+        fresh = await asyncio.gather(*(self._ensure(obj, i, demand=True, wait_streams=wait_streams)
+                                       for i in indices))
         if all(chunk is None for chunk in fresh):
             data = await self._read_disk(obj, offset, end - offset)
             self._served.labels(origin="cache").inc(len(data))
@@ -716,14 +843,41 @@ class CachedSource(CiphertextSource):
                     self.progress.chunk_dropped(end - start)
             return await self._fetch_range(obj, offset, length, "passthrough")
 
-    async def _ensure(self, obj: _Object, index: int, *, demand: bool) -> bytes | None:
+    async def _from_window(self, obj: _Object, offset: int, end: int) -> tuple[bytes | None, bool]:
+        """Serve ``[offset, end)`` from a stream's in-memory window, waiting while it approaches.
+
+        Returns ``(bytes, _)`` when served, else ``(None, wait_streams)``: ``wait_streams`` is
+        False after the stream stalled for ``stream_patience`` (so the caller fetches at once
+        instead of waiting a second time), True when the range is simply not a window's to serve
+        (on disk, dropped from the window, or too far ahead of the stream).
+        """
+        while True:
+            window = next((w for w in obj.windows if w.base <= offset and end <= w.end), None)
+            if window is None:
+                return None, True
+            if window.holds(offset, end):
+                return window.copy(offset, end), True
+            if offset < window.base:
+                return None, True
+            reach = self.layout.index_of(window.pos) + self._readahead - 1
+            if self.layout.index_of(end - 1) > reach:
+                return None, True
+            if all(obj.state[i] == _PRESENT for i in self.layout.chunks_for(offset, end - offset, obj.entry.size)):
+                return None, True
+            try:
+                await asyncio.wait_for(obj.wait_changed().wait(), self._patience)
+            except TimeoutError:
+                self._stalls.inc()
+                return None, False
+
+    async def _ensure(self, obj: _Object, index: int, *, demand: bool, wait_streams: bool = True) -> bytes | None:
         """Make chunk ``index`` present; return its bytes if fetched now, None if it is on disk."""
         if obj.state[index] == _PRESENT:
             return None
         # A background stream about to deliver this chunk is cheaper to wait for than a new GET,
         # as long as it is moving: a stream that delivers nothing for ``stream_patience`` seconds
         # (a slow start, a stalled server) no longer holds up the read.
-        while demand and self._stream_will_deliver(obj, index):
+        while demand and wait_streams and self._stream_will_deliver(obj, index):
             try:
                 await asyncio.wait_for(obj.wait_changed().wait(), self._patience)
             except TimeoutError:
@@ -801,22 +955,34 @@ class CachedSource(CiphertextSource):
                 return
             cursor[0] = index
             start, end = self.layout.span(index, size)[0], self.layout.span(last, size)[1]
-            try:
-                sink = await asyncio.to_thread(_StreamSink, obj.data_path, size, self.layout, index, last)
-            except OSError as exc:
-                self._disable(exc)
-                return
             pieces: asyncio.Queue[Any] = asyncio.Queue(self._stream_buffer)
+            window: _StreamWindow | None = None
+            if self._window_bytes:
+                window = _StreamWindow(start, end, self._window_bytes)
+                obj.windows.append(window)
+
+            def arrived(piece: memoryview) -> None:
+                if window is not None:
+                    window.add(piece)
+                    obj.notify()
+
+            # The request goes out first; the cache file is opened while the server answers.
             pump = asyncio.ensure_future(
-                _pump(stream(path, start, end - start, piece_size=self._piece_bytes), pieces)
+                _pump(stream(path, start, end - start, piece_size=self._piece_bytes), pieces, arrived)
             )
+            sink: _StreamSink | None = None
             try:
+                try:
+                    sink = await asyncio.to_thread(_StreamSink, obj.data_path, size, self.layout, index, last)
+                except OSError as exc:
+                    self._disable(exc)
+                    return
                 while (piece := await pieces.get()) is not _END:
                     if isinstance(piece, BaseException):
                         raise piece
                     self.progress.fetched(len(piece), "background")
-                    # Disk write and hashing in a worker thread; meanwhile the pump keeps reading
-                    # the socket, so the transfer never waits for the disk (and vice versa).
+                    # Disk write in a worker thread; meanwhile the pump keeps reading the socket
+                    # (and readers copy from the window), so the transfer never waits for the disk.
                     try:
                         completed = await asyncio.to_thread(sink.feed, piece)
                     except OSError as exc:
@@ -829,12 +995,15 @@ class CachedSource(CiphertextSource):
                     if self.passthrough_reason is not None:
                         return
             finally:
+                if window is not None:
+                    obj.windows.remove(window)
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-                sink.close()
-            if sink.position != end:
+                if sink is not None:
+                    sink.close()
+            if sink is None or sink.position != end:
                 raise ShortFetchError(
-                    f"{self._source.name} ended the stream of {path!r} at byte {sink.position} of "
+                    f"{self._source.name} ended the stream of {path!r} at byte {sink.position if sink else start} of "
                     f"{start}..{end} (chunks {first}..{last})",
                     hint="the transfer was cut short; it resumes at the first missing chunk",
                 )

@@ -122,7 +122,9 @@ class Fault:
 
     ``mode``: ``"drop"`` sends the headers and ``keep`` body bytes, then closes the connection;
     ``"short"`` answers with only ``keep`` body bytes but a matching Content-Length (a server
-    that lies consistently, which HTTP cannot detect); ``"status"`` answers ``status`` with no body.
+    that lies consistently, which HTTP cannot detect); ``"status"`` answers ``status`` with no body;
+    ``"pause"`` sends ``keep`` body bytes, sets ``reached``, and sends the rest only once
+    ``resume`` is set (a transfer caught mid-body, to order events without timing).
     """
 
     match: Callable[[ProxyRequest], bool]
@@ -130,6 +132,8 @@ class Fault:
     keep: int = 0
     status: int = 503
     times: int = 1
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -173,6 +177,8 @@ class S3Proxy:
     async def __aexit__(self, *exc: object) -> None:
         for hold in self._holds:
             hold.release.set()
+        for fault in self.faults:
+            fault.resume.set()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -249,6 +255,11 @@ class S3Proxy:
                 return response
             response.content_length = len(payload)
             await response.prepare(request)
+            if fault is not None and fault.mode == "pause":
+                await response.write(payload[: fault.keep])
+                fault.reached.set()
+                await fault.resume.wait()
+                payload = payload[fault.keep :]
             await response.write(payload)
             await response.write_eof()
             return response

@@ -153,6 +153,48 @@ async def test_lazy_read_is_served_before_the_background_download(
     await cache.close()
 
 
+async def test_reader_is_served_from_the_stream_before_its_chunk_is_on_disk(
+    proxy: S3Proxy, s3: tuple[MotoS3Server, dict[str, bytes]], tmp_path: Path
+) -> None:
+    _, files = s3
+    big = files["YmlnLW1vZGVs"]
+    c1_start = LAYOUT.span(1, BIG)[0]
+    # The background GET delivers chunk 0 and 1.5 MB of chunk 1, then stalls mid-body.
+    keep = c1_start + 1_500_000
+    pause = Fault(lambda r: r.path.endswith("YmlnLW1vZGVs") and (r.range or "").startswith("bytes=0-"),
+                  "pause", keep=keep)
+    proxy.inject(pause)
+    metrics = Metrics()
+    # Patience far beyond any scheduling delay: the read below must wait for the stream, not refetch.
+    cache = cached(proxy, tmp_path / "cache", metrics, download_concurrency=1, stream_piece_bytes=64 << 10,
+                   stream_patience=60.0)
+    await cache.list_tree()
+    download = cache.start_download()
+    await pause.reached.wait()
+
+    # Odd offsets and sizes: inside chunk 1 (not yet complete, so not on disk) and across the
+    # chunk 0/1 boundary. Ranges end a piece short of the pause (obstore keeps a partial piece).
+    got = 0
+    for offset, length in ((c1_start + 7, 4129), (c1_start - 12_345, 100_001), (c1_start + 1_000_003, 333_333)):
+        assert await cache.read("YmlnLW1vZGVs", offset, length) == big[offset : offset + length]
+        got += length
+    others = sum(len(body) for key, body in files.items() if key != "YmlnLW1vZGVs")
+    assert cache.progress.present_bytes <= others + c1_start  # chunk 1 of the big object is not marked present
+    assert len(proxy.gets("YmlnLW1vZGVs")) == 1  # no demand GET: the bytes came from the stream
+    assert metric(metrics, 'cachefs_read_bytes_total{origin="stream"}') == got
+
+    pause.resume.set()
+    await download
+    assert cache.complete and await cache.read_all("YmlnLW1vZGVs") == big
+    assert sum(hi - lo for lo, hi in ranges(proxy.gets("YmlnLW1vZGVs"))) == BIG
+    await cache.close()
+    # What reached the disk is the full ciphertext, reusable after a restart.
+    again = cached(proxy, tmp_path / "cache")
+    await again.list_tree()
+    assert again.complete
+    await again.close()
+
+
 async def test_restart_reuses_the_cache(
     proxy: S3Proxy, s3: tuple[MotoS3Server, dict[str, bytes]], tmp_path: Path
 ) -> None:
