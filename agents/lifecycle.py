@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -25,6 +28,40 @@ EXIT_SOFTWARE = 70  # EX_SOFTWARE from sysexits.h: an internal error, i.e. a bug
 EXIT_INTERRUPTED = 130
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+PR_GET_DUMPABLE = 3
+
+
+def harden_process() -> bool:
+    """Make this process non-dumpable and disable core files; True if prctl succeeded.
+
+    The daemons hold TEE private keys, KBS tokens and model keys in memory. A core dump
+    would write them to persistent disk, and a dumpable process can be ptrace-attached or
+    have ``/proc/<pid>/mem`` read by any process running as the same user (e.g. a
+    co-located container sharing the uid). ``PR_SET_DUMPABLE 0`` closes both (the kernel
+    also makes ``/proc/<pid>/*`` owned by root); ``RLIMIT_CORE 0`` is the belt to its braces.
+    Where prctl is unavailable (not Linux) this logs and carries on rather than refusing
+    to start: it is defence in depth, not the primary control.
+    """
+    log = get_logger("agents.lifecycle")
+    with contextlib.suppress(ValueError, OSError):
+        # Soft limit only: the hard limit is left alone so in-process users (tests) are not
+        # changed irreversibly; a non-dumpable process is never dumped anyway.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        log.info("prctl unavailable: process stays dumpable", hint="only Linux supports PR_SET_DUMPABLE")
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    if prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: process stays dumpable",
+                    errno=ctypes.get_errno(), hint="check seccomp or LSM policy blocking prctl")
+        return False
+    return True
 
 
 class Lifecycle:
@@ -45,6 +82,7 @@ class Lifecycle:
         self._installed: dict[signal.Signals, Any] = {}
 
     async def __aenter__(self) -> Self:
+        harden_process()
         self._loop = asyncio.get_running_loop()
         for sig in _STOP_SIGNALS:
             previous = signal.getsignal(sig)
