@@ -141,16 +141,8 @@ class Egress:
                 return
             reader = asyncio.StreamReader(limit=2**20)
             protocol = asyncio.StreamReaderProtocol(reader)
-            try:
-                tls = await loop.start_tls(raw, protocol, self.certs.context, server_side=True,  # type: ignore[arg-type]
-                                           ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-            except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                self._reject(listener, peer, f"rats-tls handshake failed: {type(exc).__name__}: "
-                             f"{getattr(exc, 'reason', None) or exc}"[:300])
-                raw.close()
-                return
+            tls = await self._handshake(raw, protocol, listener, peer)
             if tls is None:
-                raw.close()
                 return
             protocol.connection_made(tls)
             writer = asyncio.StreamWriter(tls, protocol, reader, loop)
@@ -158,21 +150,29 @@ class Egress:
         finally:
             listener.cx_active.dec()
 
-    async def _serve_spliced(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,
-                             peer: object) -> None:
-        """Raw rats-tls (ALPN ``rats-tls``): TLS and backend transports spliced (``gateway.splice``)."""
+    async def _handshake(self, raw: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, listener: Listener,
+                         peer: object) -> asyncio.BaseTransport | None:
+        """Server-side rats-tls handshake on ``raw``; a failure is logged as a rejected peer and closes it."""
         loop = asyncio.get_running_loop()
-        splice = Splice(on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
         try:
-            tls = await loop.start_tls(raw, splice.client, self.certs.context, server_side=True,  # type: ignore[arg-type]
+            tls = await loop.start_tls(raw, protocol, self.certs.context, server_side=True,  # type: ignore[arg-type]
                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._reject(listener, peer, f"rats-tls handshake failed: {type(exc).__name__}: "
                          f"{getattr(exc, 'reason', None) or exc}"[:300])
             raw.close()
-            return
+            return None
         if tls is None:
             raw.close()
+        return tls
+
+    async def _serve_spliced(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,
+                             peer: object) -> None:
+        """Raw rats-tls (ALPN ``rats-tls``): TLS and backend transports spliced (``gateway.splice``)."""
+        loop = asyncio.get_running_loop()
+        splice = Splice(on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
+        tls = await self._handshake(raw, splice.client, listener, peer)
+        if tls is None:
             return
         splice.client.connection_made(tls)
         ssl_object = tls.get_extra_info("ssl_object")
