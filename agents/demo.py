@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.http import free_port
 from agents.supervisor import DaemonSupervisor
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
@@ -54,12 +54,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return all(ok for _, ok, _, _ in self.steps)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _digest(value: bytes) -> str:
@@ -135,7 +129,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
         if not await report.step("encrypt an example model directory (gocryptfs format)", encrypt_model):
             return
 
-        aa_socket, rest_port = workdir / "aa.sock", _free_port()
+        aa_socket, rest_port = workdir / "aa.sock", free_port()
         aa_argv = ["aa", "--socket", str(aa_socket), "--rest-listen", f"127.0.0.1:{rest_port}",
                    "--cdh-socket", str(workdir / "cdh.sock"), "--kbs-url", trustees["a"].api_url]
 
@@ -213,7 +207,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
 
             await report.step("vLLM's view: read the model through the mount", read_model)
 
-        app_port, egress_port, proxy_port = _free_port(), _free_port(), _free_port()
+        app_port, egress_port, proxy_port = free_port(), free_port(), free_port()
         app_runner: list[Any] = []
 
         async def start_app() -> str:

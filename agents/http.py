@@ -128,6 +128,13 @@ def _remove_on_cleanup(app: web.Application, path: str, created: list[int]) -> N
     app.on_cleanup.append(unlink)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for child daemons that must be told their port)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def bound_port(runner: web.AppRunner) -> int:
     """The TCP port ``runner`` actually listens on (useful after ``port=0``)."""
     for addr in runner.addresses:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from agents.health import HealthState, Metrics
-from agents.http import unix_session
+from agents.http import free_port, unix_session
 from agents.supervisor import NotifyListener
 from attestation_agent.aa_client import AaClient
 from attestation_agent.api import build_app
@@ -30,12 +29,6 @@ from trustee_standin.config import StandinConfig
 from trustee_standin.server import StandinServer
 
 MODEL_KEY = "default/aliyun/model-decryption-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 

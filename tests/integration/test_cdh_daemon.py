@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agents.http import unix_session
+from agents.http import free_port, unix_session
 from agents.supervisor import NotifyListener
 from attestation_agent.kbs.dialect import Dialect
 from trustee_standin.config import StandinConfig
@@ -25,12 +24,6 @@ from trustee_standin.server import StandinServer
 
 MODEL = "default/aliyun/model-decryption-key"
 ALT = "default/aliyun/crag-master-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from jwcrypto import jwk
 
 from agents.health import HealthState, Metrics
-from agents.http import start_site, unix_session
+from agents.http import free_port, start_site, unix_session
 from agents.logsetup import configure_logging, reset_logging
 from agents.retry import Backoff
 from attestation_agent.aa_client import AaClient
@@ -42,12 +41,6 @@ from trustee_standin.server import StandinServer
 MODEL = "default/aliyun/model-decryption-key"
 ALT = "default/aliyun/crag-master-key"
 FAST = Backoff(initial=0.02, maximum=0.1, attempts=sys.maxsize)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from agents.health import HealthState, Metrics
-from agents.http import bound_port, start_site
+from agents.http import bound_port, free_port, start_site
 from attestation_agent.api import build_app
 from attestation_agent.attesters.sample import SampleAttester
 from attestation_agent.service import AgentOptions, AttestationAgent
@@ -34,12 +33,6 @@ from gateway.metrics import GatewayMetrics
 from gateway.verifier import PeerVerifier
 
 TNG = shutil.which("tng", path=str(Path(sys.executable).parent)) or shutil.which("tng")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def backend_app() -> web.Application:
