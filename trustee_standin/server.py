@@ -118,6 +118,17 @@ class StandinServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def restart(self) -> None:
+        """Stop and start again on the same port, as a Trustee restart does.
+
+        Every session and cookie is forgotten (the state is in memory, like Trustee's); the CA that
+        signs tokens survives only when ``config.ca_dir`` is set, as a real Trustee keeps its keys.
+        """
+        port = self.port
+        await self.stop()
+        self._requested_port = port
+        await self.start()
+
     async def __aenter__(self) -> StandinServer:
         await self.start()
         return self
