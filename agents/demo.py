@@ -82,6 +82,24 @@ def _example_model(root: Path) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
+async def start_example_app(port: int, on_request: Callable[[], None] | None = None) -> Any:
+    """A tiny OpenAI-style completions app on 127.0.0.1:``port`` (stand-in for vLLM); returns its runner."""
+    from aiohttp import web
+
+    async def completions(request: web.Request) -> web.Response:
+        if on_request is not None:
+            on_request()
+        body = await request.json()
+        return web.json_response({"model": "demo", "choices": [{"text": f"echo: {body.get('prompt')}"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
 async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> None:
     import aiohttp
 
@@ -211,17 +229,7 @@ async def run_demo(args: argparse.Namespace, workdir: Path, report: Report) -> N
         app_runner: list[Any] = []
 
         async def start_app() -> str:
-            from aiohttp import web
-
-            async def completions(request: web.Request) -> web.Response:
-                body = await request.json()
-                return web.json_response({"model": "demo", "choices": [{"text": f"echo: {body.get('prompt')}"}]})
-
-            app = web.Application()
-            app.router.add_post("/v1/completions", completions)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", app_port).start()
+            runner = await start_example_app(app_port)
             app_runner.append(runner)
             stack.push_async_callback(runner.cleanup)
             return f"a tiny OpenAI-style app on 127.0.0.1:{app_port} (plaintext, inside the TEE)"

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from agents.demo import ALT_KEY, MODEL_KEY, _example_model, _memory_dir
+from agents.demo import ALT_KEY, MODEL_KEY, _example_model, _memory_dir, start_example_app
 from agents.http import free_port, unix_session
 from agents.supervisor import NotifyListener, child_process
 from attestation_agent.kbs.dialect import Dialect
@@ -152,17 +151,11 @@ class Chain:
     async def _start_app(self) -> None:
         """A tiny OpenAI-style app (stand-in for vLLM); counts the requests that reach it."""
 
-        async def completions(request: web.Request) -> web.Response:
+        def count() -> None:
             self.app_requests += 1
-            body = await request.json()
-            return web.json_response({"model": "chain", "choices": [{"text": f"echo: {body.get('prompt')}"}]})
 
-        app = web.Application()
-        app.router.add_post("/v1/completions", completions)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
         self.app_port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", self.app_port).start()
+        runner = await start_example_app(self.app_port, count)
         self._stack.push_async_callback(runner.cleanup)
 
     def _define_daemons(self) -> None:
