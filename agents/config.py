@@ -54,6 +54,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             # tomllib's message carries "(at line L, column C)" and never the offending value.
             raise ConfigError(f"invalid TOML in {source}: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"invalid TOML in {source}: nested too deeply") from None
     else:
         try:
             parsed = json.loads(text)

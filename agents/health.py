@@ -8,7 +8,7 @@ ones. Each daemon owns its own metrics registry, which keeps tests isolated from
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ class HealthState:
 
     def __init__(self) -> None:
         self._checks: dict[str, Check] = {}
+        self._probes: dict[str, Callable[[], tuple[bool, str]]] = {}
         self._started = False
         self._lock = threading.Lock()
 
@@ -37,6 +38,22 @@ class HealthState:
         """Record the outcome of check ``name``; ``detail`` explains a failure to operators."""
         with self._lock:
             self._checks[name] = Check(ok, detail)
+
+    def add_probe(self, name: str, probe: Callable[[], tuple[bool, str]]) -> None:
+        """A check evaluated whenever readiness is asked for: ``probe()`` returns ``(ok, detail)``.
+
+        For conditions that change with time alone (a certificate growing too old), which no
+        event would update in :meth:`set_check`. Probes must be cheap and must not block.
+        """
+        with self._lock:
+            self._probes[name] = probe
+
+    def _current(self) -> dict[str, Check]:
+        checks = dict(self._checks)
+        for name, probe in self._probes.items():
+            ok, detail = probe()
+            checks[name] = Check(bool(ok), detail)
+        return checks
 
     def mark_started(self) -> None:
         """Start-up finished; until then the daemon is never ready, even with no checks."""
@@ -51,13 +68,14 @@ class HealthState:
     def ready(self) -> bool:
         """All checks pass and start-up finished."""
         with self._lock:
-            return self._started and all(check.ok for check in self._checks.values())
+            return self._started and all(check.ok for check in self._current().values())
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view: ``{"ready", "started", "checks": {name: {"ok", "detail"}}}``."""
         with self._lock:
-            checks = {name: {"ok": c.ok, "detail": c.detail} for name, c in sorted(self._checks.items())}
-            ready = self._started and all(c.ok for c in self._checks.values())
+            current = self._current()
+            checks = {name: {"ok": c.ok, "detail": c.detail} for name, c in sorted(current.items())}
+            ready = self._started and all(c.ok for c in current.values())
         return {"ready": ready, "started": self._started, "checks": checks}
 
 

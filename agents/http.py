@@ -78,16 +78,22 @@ async def start_site(
     host: str | None = None,
     port: int | None = None,
     socket_mode: int = 0o660,
+    peer_guard: Any = None,
 ) -> web.AppRunner:
     """Start serving ``app`` on a Unix socket or TCP ``host:port``; the caller cleans up.
 
     Returns the runner; call ``await runner.cleanup()`` to stop. ``port=0`` picks a free port,
-    see :func:`bound_port`.
+    see :func:`bound_port`. ``peer_guard`` (Unix sockets only, see :func:`agents.peercred.peer_guard`)
+    becomes the app's first middleware, so a refused peer reaches no handler and no other middleware.
     """
     if (unix_path is None) == (port is None):
         raise ValueError("start_site needs exactly one of unix_path or port")
+    if peer_guard is not None and unix_path is None:
+        raise ValueError("peer_guard applies to Unix-socket sites only")
     created: list[int] = []
     if unix_path is not None:
+        if peer_guard is not None:
+            app.middlewares.insert(0, peer_guard)
         _prepare_unix_path(unix_path)
         _remove_on_cleanup(app, unix_path, created)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

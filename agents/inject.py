@@ -152,7 +152,7 @@ def parse_cai_options(value: Any) -> CaiOptions:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InjectError(f"caiOptions is not valid JSON: {exc}",
                               hint='write it as a JSON object, e.g. {"trustee-address": "http://..."}') from None
     if not isinstance(value, dict):

@@ -35,7 +35,7 @@ def endpoints(run_dir: str, gateway: str) -> list[DaemonEndpoint]:
 def _summary(name: str, body: str) -> str:
     try:
         info: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if name == "attestation-agent" and isinstance(info, dict):
         extra = info.get("additional_tees") or []
@@ -69,7 +69,7 @@ def collect(run_dir: str, gateway: str, timeout: float) -> list[dict[str, Any]]:
             try:
                 failing = json.loads(body).get("failing") or {}
                 detail = "; ".join(f"{k}: {v}" for k, v in failing.items())
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 detail = body[:200]
         elif endpoint.status_path:
             try:

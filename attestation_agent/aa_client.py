@@ -14,6 +14,7 @@ import aiohttp
 
 from agents.http import BodyTooLarge, read_body_limited, unix_session
 from attestation_agent.errors import AttestationError, EvidenceError, ProtocolError
+from attestation_agent.kbs.client import connection_failure
 from attestation_agent.kbs.encoding import b64url_encode
 
 MAX_EVIDENCE = 8 * 1024 * 1024
@@ -52,14 +53,19 @@ class AaClient:
                 if resp.status != 200:
                     try:
                         message = json.loads(body).get("error", "")
-                    except (ValueError, AttributeError):
+                    except (ValueError, AttributeError, RecursionError):
                         message = ""
                     raise EvidenceError(f"attestation agent answered {resp.status} to {path}: {message}"[:500])
                 return body
         except BodyTooLarge as exc:
             raise ProtocolError(str(exc)) from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise EvidenceError(f"cannot reach the attestation agent at {self.socket_path}: {type(exc).__name__}",
+        except TimeoutError:
+            raise EvidenceError(f"the attestation agent at {self.socket_path} did not answer {path} within "
+                                f"{self.timeout:g} s", hint="check `cai aa` is not hung (its log, /readyz)") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            # "connection refused": a stale socket of a crashed AA; "no such file": never started
+            raise EvidenceError(f"cannot reach the attestation agent at {self.socket_path}: "
+                                f"{connection_failure(exc)}",
                                 hint="is `cai aa` running? check its socket path") from None
 
     async def tee_type(self) -> str:
@@ -67,7 +73,7 @@ class AaClient:
             try:
                 info = json.loads(await self._get("/aa/tee"))
                 self._tee = str(info["tee"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise ProtocolError("attestation agent /aa/tee answer is malformed") from None
         return self._tee
 
@@ -89,7 +95,7 @@ class AaClient:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(f"attestation agent {what} is not JSON") from None
     if not isinstance(obj, dict):
         raise AttestationError(f"attestation agent {what} is not a JSON object")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents import validators
+from agents import peercred, validators
 from agents.settings import Setting
 from attestation_agent.nvidia.settings import GPU_SETTINGS
 from attestation_agent.tdx.settings import TDX_SETTINGS
@@ -21,6 +21,7 @@ def _listen(value: str) -> str:
 AA_SETTINGS: tuple[Setting, ...] = (
     Setting("socket", str, DEFAULT_SOCKET, "Unix socket of the AA API (used by the data hub and gateway).",
             validator=validators.absolute_path),
+    Setting(peercred.SETTING, list, None, peercred.SETTING_DOC, validator=peercred.validate_allowed_peers),
     Setting("rest_listen", str, DEFAULT_REST_LISTEN,
             "host:port of the CoCo api-server-rest compatible listener (GET /aa/token, /aa/evidence); "
             "'off' disables it. Only loopback clients are served.", validator=_listen),

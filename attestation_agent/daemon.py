@@ -11,6 +11,7 @@ from agents.health import HealthState, Metrics
 from agents.http import start_site
 from agents.lifecycle import Lifecycle, run
 from agents.logsetup import configure_logging, get_logger
+from agents.peercred import guard_from_settings
 from agents.sections import load_section
 from attestation_agent.api import build_app
 from attestation_agent.attesters.base import DeviceAttester
@@ -81,7 +82,8 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
     async with Lifecycle("aa") as lifecycle:
         try:
             runners.append(await start_site(build_app(agent, health, metrics), unix_path=settings["socket"],
-                                            socket_mode=0o660))
+                                            socket_mode=0o660, peer_guard=guard_from_settings(
+                                                settings, section="aa", metrics=metrics, logger=log)))
             if settings["rest_listen"] != "off":
                 host, _, port = settings["rest_listen"].rpartition(":")
                 runners.append(await start_site(build_app(agent, health, metrics, rest_bridge=True,

@@ -5,7 +5,8 @@ need "is the model mounted and answering" and "how much of it has arrived" witho
 and sd_notify only exists under systemd. ``/readyz`` re-probes the mount (a ``stat`` of its root
 through the kernel) on each request, at most one probe at a time, so a wedged mount turns the
 daemon unready instead of leaving a stale "ready". ``/status`` reports counts and sizes only:
-no file names (not even ciphertext names), no key material, no credentials.
+no file names (only the ciphertext object key of a file whose reads are failing right now, under
+``failing``), no key material, no credentials.
 """
 
 from __future__ import annotations

@@ -269,6 +269,7 @@ class _Object:
         "inflight",
         "persist_again",
         "persist_task",
+        "persist_timer",
         "record_path",
         "state",
         "streams",
@@ -284,6 +285,7 @@ class _Object:
         self.dirty = 0
         self.persist_task: asyncio.Task[None] | None = None
         self.persist_again = False
+        self.persist_timer: asyncio.TimerHandle | None = None
         self.complete_announced = False
         # Background streams in progress: [next chunk index, last chunk index] each.
         self.streams: list[list[int]] = []
@@ -614,6 +616,7 @@ class CachedSource(CiphertextSource):
         demand_concurrency: int = 8,
         backoff: Backoff | None = None,
         persist_every: int = 16,
+        persist_delay: float = 1.0,
         max_fetch_bytes: int | None = None,
         readahead_chunks: int = 4,
         stream_piece_bytes: int = 1 << 20,
@@ -623,6 +626,8 @@ class CachedSource(CiphertextSource):
     ) -> None:
         if max_fetch_bytes is None:
             max_fetch_bytes = MAX_OBJECT_SIZE
+        if not persist_delay > 0:
+            raise ValueError("CachedSource persist_delay must be positive")
         numbers = (download_concurrency, demand_concurrency, persist_every, max_fetch_bytes, readahead_chunks,
                    stream_piece_bytes, stream_buffer_pieces)
         if min(numbers) < 1:
@@ -641,6 +646,7 @@ class CachedSource(CiphertextSource):
         self._demand = asyncio.Semaphore(demand_concurrency)
         self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0, attempts=5)
         self._persist_every = persist_every
+        self._persist_delay = persist_delay
         self._run_chunks = max(1, max_fetch_bytes // self.layout.chunk_bytes)
         self._readahead = readahead_chunks
         self._piece_bytes = stream_piece_bytes
@@ -1026,6 +1032,15 @@ class CachedSource(CiphertextSource):
             self.progress.object_complete()
         if obj.dirty and (complete or obj.dirty >= self._persist_every):
             self._schedule_persist(obj)
+        elif obj.dirty and obj.persist_timer is None:
+            # Fewer than persist_every new chunks: record them within persist_delay anyway, so a
+            # crash (SIGKILL, OOM) in a slow download loses at most that much progress.
+            obj.persist_timer = asyncio.get_running_loop().call_later(self._persist_delay, self._persist_later, obj)
+
+    def _persist_later(self, obj: _Object) -> None:
+        obj.persist_timer = None
+        if obj.dirty:
+            self._schedule_persist(obj)
 
     async def _fetch_range(self, obj: _Object, offset: int, length: int, reason: str) -> bytes:
         """Fetch from the source with bounded retries; a short body counts as a transient failure."""
@@ -1193,6 +1208,9 @@ class CachedSource(CiphertextSource):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._download
         for obj in self._objects.values():
+            if obj.persist_timer is not None:
+                obj.persist_timer.cancel()  # flush() below writes what it would have
+                obj.persist_timer = None
             for task in list(obj.inflight.values()):
                 task.cancel()
             if obj.inflight:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents import validators
+from agents import peercred, validators
 from agents.config import load_cai_env
 from agents.errors import ConfigError
 from agents.health import HealthState, Metrics
@@ -69,6 +69,8 @@ CACHEFS_SETTINGS: tuple[Setting, ...] = (
             "when set, files that do not match the manifest are refused.", validator=_digest),
     Setting("manifest_digest_file", str, doc="File holding the manifest digest (e.g. a second resource from the "
             "data hub); used when manifest_digest is unset.", validator=validators.absolute_path),
+    Setting("read_timeout", float, default=60.0, doc="Seconds a read may wait for ciphertext from object storage "
+            "before the application gets EIO (the fetch goes on in the background; a retried read can succeed)."),
     Setting("read_ahead_kb", int, default=1024, doc="Kernel read-ahead of the mount in KiB (0 = leave default)."),
     Setting("prefetch_chunks", int, default=8, doc="1 MiB chunks fetched and decrypted ahead of sequential "
             "readers on remote sources (0 = off)."),
@@ -90,6 +92,7 @@ CACHEFS_SETTINGS: tuple[Setting, ...] = (
     Setting("socket", str, default=DEFAULT_SOCKET, doc="Unix socket of the health API (/healthz /livez /readyz "
             "/metrics /status); empty = off.", validator=lambda v: v if not v else validators.absolute_path(v)),
     Setting("socket_mode", str, default="0660", doc="Permissions of the health API socket (octal)."),
+    Setting(peercred.SETTING, list, None, peercred.SETTING_DOC, validator=peercred.validate_allowed_peers),
     Setting("health_port", int, doc="Also serve the health API on 127.0.0.1:<port> (unset = off)."),
     Setting("log_level", str, default="info", doc="Log level.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", str, default="json", doc="Log format.", choices=("json", "console")),
@@ -137,6 +140,8 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise ConfigError("no mount point: set MODEL_MOUNT_POINT in cai.env or mount_point in [cachefs]")
     if settings["plaintext_cache_mb"] < 1 or settings["read_ahead_kb"] < 0 or settings["prefetch_chunks"] < 0:
         raise ConfigError("[cachefs] plaintext_cache_mb must be >= 1, read_ahead_kb and prefetch_chunks >= 0")
+    if not 0 < settings["read_timeout"] <= 3600:
+        raise ConfigError(f"[cachefs] read_timeout must be within (0, 3600] seconds, not {settings['read_timeout']!r}")
     if not 1 <= settings["download_concurrency"] <= 64 or settings["download_run_mb"] < 0:
         raise ConfigError("[cachefs] download_concurrency must be within 1..64 and download_run_mb >= 0")
     if settings["health_port"] is not None and not 0 <= settings["health_port"] <= 65535:
@@ -238,6 +243,8 @@ class _MountProbe:
         self.mountpoint = mountpoint
         self.health = health
         self.mounted = False
+        self.recovered_stale = False  # this start cleared a mount a crashed predecessor left behind
+        self.ops: CachefsOperations | None = None
         self._running: asyncio.Task[None] | None = None
 
     async def __call__(self) -> None:
@@ -267,7 +274,14 @@ def _status(settings: dict[str, Any], source: CiphertextSource, probe: _MountPro
     """``/status``: where the volume comes from, whether it is mounted, and download progress."""
     from cachefs.api import download_status
 
-    out: dict[str, Any] = {"source": source.name, "mount_point": settings["mount_point"], "mounted": probe.mounted}
+    out: dict[str, Any] = {"source": source.name, "mount_point": settings["mount_point"], "mounted": probe.mounted,
+                           "stale_mount_recovered": probe.recovered_stale}
+    if probe.ops is not None:
+        # Files whose reads fail right now (EIO): the ciphertext object and the cause, so an operator
+        # can tell "object storage unreachable" from "tampered block" without reading logs.
+        out["read_errors"] = probe.ops.read_errors
+        out["failing"] = [{"object": f["file"], "error": f["error"], "failed_reads": f["count"]}
+                          for f in list(probe.ops.failing.values())[:10]]
     progress = getattr(source, "progress", None)
     if progress is not None:
         task = getattr(source, "_download", None)
@@ -276,16 +290,19 @@ def _status(settings: dict[str, Any], source: CiphertextSource, probe: _MountPro
         out["download"] = download_status(
             progress, passthrough_reason=getattr(source, "passthrough_reason", None), errors=len(errors),
             complete=bool(getattr(source, "complete", False)), running=task is not None and not task.done())
+        out["cache_problem"] = getattr(source, "passthrough_reason", None)  # e.g. "disk full in <cache_dir>"
     return out
 
 
-async def _start_health_api(settings: dict[str, Any], app: Any) -> list[Any]:
+async def _start_health_api(settings: dict[str, Any], app: Any, metrics: Metrics) -> list[Any]:
     from agents.http import bound_port, start_site
 
     runners = []
     try:
         if settings["socket"]:
-            runners.append(await start_site(app, unix_path=settings["socket"], socket_mode=settings["socket_mode"]))
+            guard = peercred.guard_from_settings(settings, section="cachefs", metrics=metrics, logger=log)
+            runners.append(await start_site(app, unix_path=settings["socket"], socket_mode=settings["socket_mode"],
+                                            peer_guard=guard))
         port = None
         if settings["health_port"] is not None:
             runners.append(await start_site(app, host="127.0.0.1", port=settings["health_port"]))
@@ -342,7 +359,7 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
         cached = hasattr(source, "start_download")
         health.set_check("mount", False, "waiting for the key file")
         runners = await _start_health_api(settings, build_app(health, metrics, lambda: _status(settings, source, probe),
-                                                               probe))
+                                                               probe), metrics)
         health.mark_started()
         try:
             try:
@@ -368,12 +385,21 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
             ops = CachefsOperations(volume, FsOptions(
                 plaintext_cache_bytes=settings["plaintext_cache_mb"] << 20, strict=settings["strict"],
                 decrypt_engine=settings["decrypt_engine"],
-                prefetch_chunks=0 if hasattr(source, "open_fd") else settings["prefetch_chunks"]), manifest)
-            await asyncio.to_thread(prepare_mount_point, mountpoint)
+                prefetch_chunks=0 if hasattr(source, "open_fd") else settings["prefetch_chunks"],
+                read_timeout=settings["read_timeout"]), manifest)
+            ops.on_read_error = metrics.counter(
+                "cachefs_read_errors_total", "Reads answered with EIO (ciphertext unavailable or not authentic).").inc
+            probe.ops = ops
+            mounted = metrics.gauge("cachefs_mounted", "1 while the volume is mounted at the mount point.")
+            probe.recovered_stale = await asyncio.to_thread(prepare_mount_point, mountpoint)
+            if probe.recovered_stale:
+                metrics.counter("cachefs_stale_mounts_recovered_total",
+                                "Stale mounts left by a crashed cachefs that this start cleared.").inc()
             health.set_check("mount", False, "mounting")
 
             def ready() -> None:
                 probe.mounted = True
+                mounted.set(1)
                 health.set_check("mount", True, f"serving at {mountpoint}")
                 lifecycle.mark_ready(f"serving {source.name} at {mountpoint}")
                 log.info("cachefs.ready", mount_point=mountpoint, source=source.name,
@@ -389,6 +415,7 @@ async def serve(settings: dict[str, Any], env: dict[str, Any]) -> int:
                                 read_ahead_kb=settings["read_ahead_kb"], on_ready=ready, stop=lifecycle.wait_stopped)
             finally:
                 probe.mounted = False
+                mounted.set(0)
                 health.set_check("mount", False, "unmounted")
             lifecycle.request_stop("unmounted")
         finally:

@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -40,6 +41,7 @@ class FsOptions:
     plaintext_cache_bytes: int = 256 << 20
     strict: bool = False
     prefetch_chunks: int = 0
+    read_timeout: float | None = None  # seconds a read may wait for remote ciphertext before EIO
     uid: int = 0
     gid: int = 0
     decrypt_engine: str | None = None  # auto | native | python; None: CAI_CACHEFS_DECRYPT_ENGINE or auto
@@ -73,6 +75,10 @@ class CachefsOperations(pyfuse3.Operations):
         self._verify_locks: dict[int, asyncio.Lock] = {}
         self._time_ns = time.time_ns()
         self._sorted_children: dict[int, list[tuple[bytes, int]]] = {}
+        #: Reads answered with EIO, and the latest failure per file still failing (for ``/status``).
+        self.read_errors = 0
+        self.failing: dict[int, dict[str, object]] = {}
+        self.on_read_error: Callable[[], None] | None = None
 
     # -- attributes -------------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class CachefsOperations(pyfuse3.Operations):
             try:
                 reader = FileReader(node, self.volume.source, self.cipher, self.cache, self.stats,
                                     strict=self.options.strict, prefetch_chunks=self.options.prefetch_chunks,
-                                    buffers=self.buffers)
+                                    buffers=self.buffers, read_timeout=self.options.read_timeout)
             except CachefsError as exc:
                 log.error("cachefs.open_failed", file=node.cipher_path, error=str(exc))
                 raise pyfuse3.FUSEError(errno.EIO) from None
@@ -182,7 +188,10 @@ class CachefsOperations(pyfuse3.Operations):
                 await reader.load_header()
         except CachefsError as exc:
             await self.release(fh)
-            log.error("cachefs.file_refused", file=node.cipher_path, reason=str(exc))
+            if isinstance(exc, ManifestError):
+                log.error("cachefs.file_refused", file=node.cipher_path, reason=str(exc))
+            else:  # the header could not be fetched or is malformed: counted and reported like a failed read
+                self._read_failed(inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
@@ -191,9 +200,37 @@ class CachefsOperations(pyfuse3.Operations):
         if inode is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
-            return await self._readers[inode].read(off, size)
-        except CachefsError:
+            data = await self._readers[inode].read(off, size)
+        except CachefsError as exc:
+            self._read_failed(inode, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        if self.failing and inode in self.failing:
+            failed = self.failing.pop(inode)
+            log.info("cachefs.read_recovered", file=failed["file"], failed_reads=failed["count"])
+        return data
+
+    def _read_failed(self, inode: int, exc: CachefsError) -> None:
+        """Count an EIO; log the first failure of a file and then at most one line per file every 30 s.
+
+        Why not every read: a reader retrying in a loop (or the kernel's read-ahead) would turn an
+        object-storage outage into thousands of identical lines.
+        """
+        self.read_errors += 1
+        if self.on_read_error is not None:
+            self.on_read_error()
+        node = self.nodes[inode]
+        now = time.monotonic()
+        entry = self.failing.get(inode)
+        if entry is None:
+            entry = self.failing[inode] = {"file": node.cipher_path, "count": 0, "logged_at": None}
+        entry["count"] = int(entry["count"]) + 1  # type: ignore[call-overload]
+        entry["error"] = exc.message
+        entry["time"] = time.time()
+        last = entry["logged_at"]
+        if last is None or now - float(last) >= 30.0:  # type: ignore[arg-type]
+            entry["logged_at"] = now
+            log.error("cachefs.read_failed", file=node.cipher_path, error=exc.message, failed_reads=entry["count"],
+                      hint="the application got EIO (never unauthenticated bytes); it can retry the read")
 
     async def release(self, fh: int) -> None:
         inode = self._handles.pop(fh, None)

@@ -68,26 +68,34 @@ def enable_asyncio() -> None:
     _pollers.clear()
 
 
-def prepare_mount_point(path: str) -> None:
-    """Create the mount point, or clear a stale FUSE mount left by a crashed previous run."""
+def prepare_mount_point(path: str) -> bool:
+    """Create the mount point, or clear a stale FUSE mount left by a crashed previous run.
+
+    Returns True if a stale mount was cleared (lazily: processes still holding files of the old
+    mount keep getting errors for them, never bytes, while the new mount serves everyone else).
+    """
     try:
         os.stat(path)
         stale = _mounted_here(path)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             os.makedirs(path, mode=0o755, exist_ok=True)
-            return
+            return False
         stale = exc.errno in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED) or _mounted_here(path)
         if not stale:
             raise MountError(f"mount point {path} is unusable: {exc.strerror}") from None
     if stale:
-        log.warning("cachefs.stale_mount", mount_point=path, action="fusermount3 -uz")
+        log.warning("cachefs.stale_mount", mount_point=path, action="fusermount3 -uz",
+                    cause="a previous cachefs ended without unmounting (crash, SIGKILL or OOM kill)")
         result = subprocess.run(["fusermount3", "-uz", path], capture_output=True, text=True, timeout=30)
         if result.returncode != 0 and _mounted_here(path):
             raise MountError(f"cannot clear the existing mount at {path}: {result.stderr.strip()}",
                              hint="unmount it manually (fusermount3 -uz) or choose another mount point")
+        log.info("cachefs.stale_mount_recovered", mount_point=path,
+                 note="files still open on the old mount keep failing; reopen them to read the new mount")
     if not os.path.isdir(path):
         raise MountError(f"mount point {path} is not a directory")
+    return stale
 
 
 def probe_mount(path: str) -> None:

@@ -113,8 +113,9 @@ class FileReader:
 
     def __init__(self, node: Node, source: CiphertextSource, cipher: ContentCipher, cache: PlainCache,
                  stats: ReaderStats, *, strict: bool = False, prefetch_chunks: int = 0,
-                 buffers: ReadBuffers | None = None) -> None:
+                 buffers: ReadBuffers | None = None, read_timeout: float | None = None) -> None:
         self.node = node
+        self.read_timeout = read_timeout
         self.source = source
         self.cipher = cipher
         self.cache = cache
@@ -147,9 +148,16 @@ class FileReader:
             except OSError as exc:
                 raise ReadError(f"{self.node.cipher_path}: ciphertext read failed: {exc.strerror}") from None
         try:
-            return await self.source.read(self.node.cipher_path, offset, length)
+            # The deadline bounds what the application waits for: a store that accepts connections
+            # but never answers would otherwise hold the read for the sum of every retry window. A
+            # cached source keeps fetching the chunk in the background (its fetch is shielded).
+            return await asyncio.wait_for(self.source.read(self.node.cipher_path, offset, length), self.read_timeout)
         except SourceError as exc:
             raise ReadError(f"{self.node.cipher_path}: ciphertext read failed: {exc}") from None
+        except TimeoutError:
+            raise ReadError(f"{self.node.cipher_path}: no ciphertext from {self.source.name} within "
+                            f"{self.read_timeout:g} s", hint="object storage is slow or unreachable; the read can be "
+                            "retried (read_timeout in [cachefs])") from None
 
     async def load_header(self) -> bytes:
         """Read and validate the file header once (cached)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents import validators
+from agents import peercred, validators
 from agents.config import load_cai_env
 from agents.errors import ConfigError
 from agents.sections import load_section, read_section
@@ -82,6 +82,7 @@ CDH_SETTINGS: tuple[Setting, ...] = (
     Setting("socket", str, DEFAULT_SOCKET, "Unix socket of the CDH API (GET /cdh/resource, POST /cdh/unseal, "
             "GET /cdh/status, /readyz, /metrics).", validator=validators.absolute_path),
     Setting("socket_mode", str, "0660", "Permissions of the CDH API socket (octal)."),
+    Setting(peercred.SETTING, list, None, peercred.SETTING_DOC, validator=peercred.validate_allowed_peers),
     Setting("aa_socket", str, DEFAULT_AA_SOCKET, "Unix socket of the attestation agent API (evidence source).",
             validator=validators.absolute_path),
     Setting("rest_listen", str, "off", "host:port of an api-server-rest compatible loopback listener serving "

@@ -9,6 +9,7 @@ exit 1) → API socket(s) → fetch every resource concurrently, retrying while 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from agents.health import HealthState, Metrics
 from agents.http import start_site
 from agents.lifecycle import Lifecycle, run
 from agents.logsetup import configure_logging, get_logger
+from agents.peercred import guard_from_settings
 from agents.retry import Backoff
 from agents.settings import Setting
 from data_hub.api import build_app
@@ -71,7 +73,7 @@ async def serve(config: HubConfig, *, pool: TrusteePool | None = None) -> int:
     store.set_ready(False)
     if pool is None:
         pool = TrusteePool.over_aa(settings["aa_socket"], config_factory=default_config_factory(
-            dialect=settings["kbs_dialect"], timeout=settings["kbs_timeout"]))
+            dialect=settings["kbs_dialect"], timeout=settings["kbs_timeout"]), metrics=metrics)
     options = HubOptions(refresh_interval=settings["refresh_interval"], attempt_timeout=settings["attempt_timeout"],
                          startup_backoff=Backoff(initial=settings["startup_retry_initial"],
                                                  maximum=max(settings["startup_retry_max"],
@@ -84,7 +86,13 @@ async def serve(config: HubConfig, *, pool: TrusteePool | None = None) -> int:
         if default_trustee is None:
             raise ResourceUnavailableError(f"no Trustee configured to fetch {uri}",
                                            hint="set TRUSTEE_URL or sealed_trustee_url")
-        return await pool.fetch(default_trustee, uri)
+        try:  # an API client waits for this: same bound as a background fetch attempt
+            async with asyncio.timeout(settings["attempt_timeout"]):
+                return await pool.fetch(default_trustee, uri)
+        except TimeoutError:
+            raise ResourceUnavailableError(
+                f"fetching {uri} from Trustee {default_trustee} timed out after {settings['attempt_timeout']:g} s "
+                "(attempt_timeout)", hint="the Trustee or the attestation agent is slow or hung; try again") from None
 
     unsealer = Unsealer(fetch_default, keys_dir=settings["sealed_keys_dir"],
                         skip_verification=settings["skip_sealed_secret_verification"])
@@ -93,7 +101,8 @@ async def serve(config: HubConfig, *, pool: TrusteePool | None = None) -> int:
         try:
             runners.append(await start_site(
                 build_app(hub, unsealer, health, metrics, on_demand=fetch_default if default_trustee else None),
-                unix_path=settings["socket"], socket_mode=int(settings["socket_mode"], 8)))
+                unix_path=settings["socket"], socket_mode=int(settings["socket_mode"], 8),
+                peer_guard=guard_from_settings(settings, section="cdh", metrics=metrics, logger=log)))
             if settings["rest_listen"] != "off":
                 host, _, port = settings["rest_listen"].rpartition(":")
                 runners.append(await start_site(

@@ -106,6 +106,13 @@ class DataHub:
         try:
             async with asyncio.timeout(self.options.attempt_timeout):
                 value = await self._fetch(entry.trustee_url, entry.uri)
+        except TimeoutError:
+            self._fetches.labels(entry.file, "error").inc()
+            # The bare "timed out" said neither who was slow nor for how long.
+            raise ResourceUnavailableError(
+                f"fetching {entry.uri} from Trustee {entry.trustee_url} timed out after "
+                f"{self.options.attempt_timeout:g} s (attempt_timeout)",
+                hint="the Trustee or the attestation agent is slow or hung; the data hub retries") from None
         except Exception:
             self._fetches.labels(entry.file, "error").inc()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agents.health import Metrics
 from agents.logsetup import register_secret
 from attestation_agent.aa_client import AaClient
 from attestation_agent.evidence import EvidenceSource
@@ -33,10 +34,11 @@ class TrusteePool:
     """Lazily created ``KbsClient`` per normalised Trustee URL, sharing one evidence source."""
 
     def __init__(self, evidence: EvidenceSource, *, config_factory: ConfigFactory | None = None,
-                 dialects: DialectMemory = DIALECTS) -> None:
+                 dialects: DialectMemory = DIALECTS, metrics: Metrics | None = None) -> None:
         self._evidence = evidence
         self._factory = config_factory or default_config_factory()
         self._dialects = dialects
+        self._metrics = metrics  # KBS retries per Trustee (cai_kbs_retries_total)
         self._clients: dict[str, KbsClient] = {}
 
     @classmethod
@@ -48,7 +50,8 @@ class TrusteePool:
         url = normalize_base_url(trustee_url)
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = KbsClient(self._factory(url), self._evidence, dialects=self._dialects)
+            client = self._clients[url] = KbsClient(self._factory(url), self._evidence, dialects=self._dialects,
+                                                    metrics=self._metrics)
         return client
 
     async def fetch(self, trustee_url: str, uri: ResourceUri) -> bytes:

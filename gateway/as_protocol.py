@@ -53,7 +53,7 @@ def error_text(body: bytes) -> str:
         obj = json.loads(text)
         if isinstance(obj, dict):
             text = str(obj.get("detail") or obj.get("message") or obj.get("title") or text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     text = " ".join(text.split())
     return text[:MAX_AS_ERROR]

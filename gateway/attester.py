@@ -42,17 +42,23 @@ class AaEvidenceProvider:
         try:
             return await self._client.tee_type()
         except AttestationError as exc:
-            raise EvidenceUnavailable(f"attestation agent at {self.where}: {exc}") from None
+            raise _unavailable(exc, self.where) from None
 
     async def evidence(self, report_data: bytes) -> bytes:
         try:
             obj = await self._client.primary_evidence(report_data, embed_devices=False)
         except AttestationError as exc:
-            raise EvidenceUnavailable(f"attestation agent at {self.where}: {exc}") from None
+            raise _unavailable(exc, self.where) from None
         return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _unavailable(exc: AttestationError, where: str) -> EvidenceUnavailable:
+    """The AA client's error as the gateway's; its text already names the socket when it could not connect."""
+    message = exc.message if where in exc.message else f"attestation agent at {where}: {exc.message}"
+    return EvidenceUnavailable(message, hint=exc.hint)
 
 
 class AsrEvidenceProvider:
@@ -78,7 +84,7 @@ class AsrEvidenceProvider:
     async def tee_type(self) -> str:
         try:
             tee = json.loads(await self._get("/info"))["tee"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise EvidenceUnavailable(f"ASR {self.base}/info did not answer {{\"tee\": ...}}") from None
         return str(tee)
 

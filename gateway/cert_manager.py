@@ -3,7 +3,12 @@
 Attestation stays off the connection path: a new P-256 key, evidence bound to it and a new
 certificate are made every ``refresh_interval`` seconds in the background (TNG: 600 s), and every
 handshake in between reuses the current context. A failed refresh keeps serving the previous
-certificate until it is older than its validity; the egress is not ready before the first one.
+certificate, retrying with backoff (1 s doubling up to ``refresh_interval``), until it is
+``max_age`` old (default 2.5 refresh intervals: one missed refresh is harmless, two in a row are
+not); from then on every new handshake is refused with a TLS ``internal_error`` alert and a logged
+reason (fail closed: evidence that can no longer be renewed is not presented for ever), and
+connections already established are left alone. The next successful refresh serves again. The
+egress is not ready before the first certificate.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import asyncio
 import datetime
 import os
 import ssl
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agents.logsetup import get_logger
+from agents.retry import Backoff
 from gateway import ratls_format_a
 from gateway.attester import EvidenceProvider
 from gateway.errors import GatewayError
@@ -34,6 +42,8 @@ from gateway.ratls_cert import (
 log = get_logger("gateway.cert")
 
 MIN_REFRESH = 10.0
+STALE_AFTER_INTERVALS = 2.5  # default max_age, in refresh intervals
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between "refusing: certificate expired" log lines
 SHM = "/dev/shm"  # noqa: S108 - tmpfs chosen on purpose (keys must not touch disk)
 
 
@@ -62,13 +72,21 @@ class AttestedCertManager:
     """
 
     def __init__(self, provider: EvidenceProvider | None, *, alpn: str, refresh_interval: float = 600.0,
-                 clock: Callable[[], datetime.datetime] | None = None, binding: str = "B") -> None:
+                 clock: Callable[[], datetime.datetime] | None = None, binding: str = "B",
+                 max_age: float | None = None) -> None:
         if binding not in ("A", "B"):
             raise ValueError(f"unknown rats-tls binding format {binding!r}")
         self.provider = provider
         self.binding = binding
         self.alpn = alpn
         self.refresh_interval = max(float(refresh_interval), MIN_REFRESH)
+        self.max_age = float(max_age) if max_age is not None else self.refresh_interval * STALE_AFTER_INTERVALS
+        self.last_error: str | None = None  # of the latest failed refresh; None after a good one
+        self.refused = 0  # handshakes refused because the certificate was too old
+        self.on_refused: Callable[[], None] | None = None  # metric hooks, set by the daemon
+        self.on_refresh_failed: Callable[[], None] | None = None
+        self._made_at = 0.0  # monotonic time of the current certificate
+        self._refusal_logged_at: float | None = None
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._context: ssl.SSLContext | None = None
         self.cert_der: bytes | None = None
@@ -103,19 +121,72 @@ class AttestedCertManager:
                                     aa_runtime_data=runtime)
         der = (build_certificate(key, record, now, claims_buffer=claims_buffer) if record
                else _plain_certificate(key, now))
-        self._context = server_context(der, key, self.alpn)
+        context = server_context(der, key, self.alpn)
+        made_at = time.monotonic()
+        if record is not None:
+            context.sni_callback = lambda *_: self._refuse_if_stale(made_at)  # runs on every ClientHello
+        self._context, self._made_at = context, made_at
         self.cert_der = der
         self.refreshes += 1
         log.info("gateway.cert.refreshed", size=len(der), attested=record is not None, alpn=self.alpn,
                  binding=self.binding)
 
+    def probe(self) -> tuple[bool, str]:
+        """Readiness of this egress: ``(ok, detail)``; not ready once new handshakes would be refused."""
+        if self._context is None:
+            return False, "no attested certificate yet"
+        age = self.age
+        if self.provider is not None and age > self.max_age:
+            return False, (f"attested certificate is {age:.0f} s old (max_age {self.max_age:.0f} s): new connections "
+                           f"are refused; last refresh error: {self.last_error}")
+        if self.last_error is not None:
+            return True, f"serving a {age:.0f} s old certificate; refresh failing: {self.last_error}"
+        return True, f"certificate {age:.0f} s old"
+
+    @property
+    def age(self) -> float:
+        """Seconds since the current certificate was made."""
+        return time.monotonic() - self._made_at
+
+    def _refuse_if_stale(self, made_at: float) -> int | None:
+        """TLS server-name callback: ``None`` lets the handshake go on; an alert number aborts it."""
+        age = time.monotonic() - made_at
+        if age <= self.max_age:
+            return None
+        self.refused += 1
+        if self.on_refused is not None:
+            self.on_refused()
+        now = time.monotonic()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            self._refusal_logged_at = now
+            log.error("gateway.cert.expired", refused=self.refused, age_s=round(age, 1), max_age_s=self.max_age,
+                      last_error=self.last_error,
+                      message="refusing new connections: the attested certificate is older than max_age and "
+                      "could not be refreshed; is the attestation agent running? Serving resumes after the "
+                      "next successful refresh")
+        return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+
     async def _loop(self) -> None:
+        retry = Backoff(initial=1.0, maximum=self.refresh_interval, attempts=sys.maxsize)
+        delay, delays = self.refresh_interval, retry.delays()
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            await asyncio.sleep(delay)
             try:
                 await self.refresh()
             except Exception as exc:
-                log.error("gateway.cert.refresh_failed", error=str(exc), error_type=type(exc).__name__)
+                self.last_error = str(exc)
+                if self.on_refresh_failed is not None:
+                    self.on_refresh_failed()
+                delay = next(delays)
+                log.error("gateway.cert.refresh_failed", error=self.last_error, error_type=type(exc).__name__,
+                          age_s=round(self.age, 1), refuse_in_s=round(max(0.0, self.max_age - self.age), 1),
+                          retry_in_s=round(delay, 1))
+                continue
+            if self.last_error is not None:
+                log.info("gateway.cert.recovered", previous_error=self.last_error)
+                self.last_error = None
+                self._refusal_logged_at = None
+            delay, delays = self.refresh_interval, retry.delays()
 
     async def start(self) -> None:
         await self.refresh()

@@ -569,7 +569,7 @@ def parse_config_json(text: str | bytes) -> GatewayConfig:
         raise _fail("", f"config is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         value = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise GatewayConfigError(f"gateway config is not valid JSON: {exc}") from None
     return parse_config(value)
 
@@ -584,7 +584,7 @@ def parse_secure_ports(cai_options: Mapping[str, Any] | str | None) -> tuple[int
     if isinstance(cai_options, str):
         try:
             cai_options = json.loads(cai_options)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise GatewayConfigError("caiOptions is not valid JSON") from None
     if not isinstance(cai_options, Mapping):
         raise GatewayConfigError("caiOptions must be a JSON object")

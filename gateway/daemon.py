@@ -109,9 +109,11 @@ async def serve(config: GatewayConfig, control: tuple[str, int] | None) -> int:
                 await certs.start()
                 managers.append(certs)
                 gw_metrics.attestation.labels(side="egress", result="certificate").inc()
+                gw_metrics.watch_certificate(entry.id, certs)
                 await egress.start()
                 egresses.append(egress)
                 health.set_check(f"egress{entry.id}", True, f"listening on {egress.ports}")
+                health.add_probe(f"egress{entry.id}.certificate", certs.probe)
             for ientry in config.ingress:
                 verifier = (PeerVerifier(ientry.security.verify, binding=ientry.security.binding)
                             if ientry.security.verify else None)

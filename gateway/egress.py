@@ -109,6 +109,12 @@ class Egress:
             await server.wait_closed()
         self.servers.clear()
 
+    def _backend_unreachable(self, target: tuple[str, int], exc: BaseException) -> None:
+        """One line per refused connection: which backend, and why (the client only sees its tunnel close)."""
+        log.error("gateway.egress.backend_unreachable", id=self.config.id, backend=f"{target[0]}:{target[1]}",
+                  error=f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__,
+                  hint="is the application listening there? clients get 502 from their proxy until it is")
+
     def _reject(self, listener: Listener, peer: object, reason: str) -> None:
         listener.cx_failed.inc()
         log.warning("gateway.peer.rejected", side="egress", id=self.config.id, peer=str(peer), reason=reason)
@@ -199,12 +205,16 @@ class Egress:
                     loop.create_connection(lambda: splice.backend, target[0], target[1]), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             listener.cx_failed.inc()
-            log.error("gateway.egress.backend_unreachable", id=self.config.id,
-                      backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
+            self._backend_unreachable(target, exc)
             tls.close()
             return
         splice.attach_backend(backend)  # type: ignore[arg-type]
         await splice.wait()
+        if splice.backend.error is not None:
+            listener.cx_failed.inc()
+            log.warning("gateway.egress.backend_reset", id=self.config.id, backend=f"{target[0]}:{target[1]}",
+                        error=f"{type(splice.backend.error).__name__}: {splice.backend.error}"[:300],
+                        hint="the application broke the connection off; the client's connection was reset too")
 
     async def _serve_h2c(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,
                          peer: object) -> None:
@@ -227,8 +237,7 @@ class Egress:
                 upstream = await asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 listener.cx_failed.inc()
-                log.error("gateway.egress.backend_unreachable", id=self.config.id,
-                          backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
+                self._backend_unreachable(target, exc)
                 await close_writer(client_writer)
                 return
             log.info("gateway.egress.direct_forward", id=self.config.id, peer=str(peer))
@@ -260,8 +269,7 @@ class Egress:
             upstream = await asyncio.wait_for(self._connect_backend(target), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             listener.cx_failed.inc()
-            log.error("gateway.egress.backend_unreachable", id=self.config.id,
-                      backend=f"{target[0]}:{target[1]}", error=type(exc).__name__)
+            self._backend_unreachable(target, exc)
             await close_writer(writer)
             return
         await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)

@@ -60,7 +60,10 @@ def parse_proxy_request(head: bytes) -> ProxyRequest:
     if method == "CONNECT":
         host, port = _host_port(target, 443)
         return ProxyRequest(method, host, port, True, b"")
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # e.g. "http://e[x/": an unbalanced IPv6 bracket
+        raise ProxyRequestError("request target is not a valid URL") from None
     if parts.scheme != "http" or not parts.netloc:
         raise ProxyRequestError("a proxy request needs an absolute http:// target or CONNECT")
     host, port = _host_port(parts.netloc, 80)
@@ -93,7 +96,10 @@ def parse_origin_request(head: bytes) -> OriginRequest:
     if version not in ("HTTP/1.1", "HTTP/1.0") or not method.isalpha():
         raise ProxyRequestError("request line is not 'METHOD target HTTP/1.x'")
     if not target.startswith("/"):
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # an unbalanced IPv6 bracket
+            raise ProxyRequestError("request target is not a valid URL") from None
         if parts.scheme != "http":
             raise ProxyRequestError("request target must be origin-form or http:// absolute-form")
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")

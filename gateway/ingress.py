@@ -266,7 +266,19 @@ class Ingress:
                 upstream[1].write(request.origin_form)
             if early:
                 upstream[1].write(early)
-            await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc)
+            target = f"{request.host}:{request.port}"
+
+            async def no_reply() -> None:
+                # TNG answers 400 "Failed to send http request to upstream" here; 502 says whose fault it is.
+                listener.cx_failed.inc()
+                log.warning("gateway.ingress.no_reply", id=self.config.id, target=target, client=str(peer),
+                            reason="the upstream closed the connection without sending a response")
+                await _respond(writer, 502, "Bad Gateway", f"{target} closed the connection without sending a "
+                               "response; if it is a TEE gateway, its backend (the application) is down or refused "
+                               "the connection: check the application and the gateway's log there")
+
+            await relay((reader, writer), upstream, on_rx=listener.rx_bytes.inc, on_tx=listener.tx_bytes.inc,
+                        on_no_reply=None if request.connect else no_reply)
         finally:
             listener.cx_active.dec()
 

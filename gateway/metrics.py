@@ -5,6 +5,7 @@ results, so dashboards written for TNG's OTLP exporter need only a renamed data 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -36,6 +37,20 @@ class GatewayMetrics:
         self.attestation = metrics.counter("attestation_results", "peer verification results (ingress) and "
                                            "certificate refreshes (egress)", ("side", "result"))
         self.live.set(1)
+
+    def watch_certificate(self, ident: int, certs: Any) -> None:
+        """Age, refresh failures and refused handshakes of egress ``ident``'s attested certificate."""
+        label = str(ident)
+        self.metrics.gauge("cert_age_seconds", "age of the egress's attested certificate", ("id",)).labels(
+            label).set_function(lambda: certs.age)
+        self.metrics.gauge("cert_max_age_seconds", "age at which new handshakes are refused", ("id",)).labels(
+            label).set(certs.max_age)
+        certs.on_refresh_failed = self.metrics.counter(
+            "cert_refresh_failures_total", "failed refreshes of the attested certificate (AA unreachable, ...)",
+            ("id",)).labels(label).inc
+        certs.on_refused = self.metrics.counter(
+            "cert_refused_handshakes_total", "new connections refused because the certificate was too old",
+            ("id",)).labels(label).inc
 
     def listener(self, side: str, kind: str, ident: int, listen: str) -> Listener:
         labels = {"side": side, "type": kind, "id": str(ident), "listen": listen}

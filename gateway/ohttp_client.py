@@ -76,7 +76,7 @@ class OhttpClient:
             if isinstance(extra, dict) and isinstance(extra.get("jwt"), str):
                 return str(extra["jwt"])
             return str(obj["nonce"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise VerificationFailed(f"attestation service challenge answer is malformed ({status})") from None
 
     async def key_config(self, target: str) -> KeyConfig:
@@ -111,7 +111,7 @@ class OhttpClient:
             expire = float(hpke_key_config["expire_timestamp"])
             configs = decode_key_config_list(base64.b64decode(hpke_key_config["encoded_key_config_list"]))
             info = obj.get("attestation_info")
-        except (ValueError, KeyError, TypeError, OhttpError):
+        except (ValueError, KeyError, TypeError, OhttpError, RecursionError):
             raise VerificationFailed(f"egress {target} key-config answer is malformed") from None
         if not configs:
             raise VerificationFailed(f"egress {target} offered no HPKE key")

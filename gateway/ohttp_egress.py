@@ -164,7 +164,7 @@ class OhttpEgress:
         try:
             body = json.loads(raw or b"{}")
             attestation_request = body.get("attestation_request") if isinstance(body, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise OhttpError("key-config request body is not JSON") from None
         key = self.keys.current()
         hpke_key_config = {"expire_timestamp": self.keys.expire_timestamp(key),

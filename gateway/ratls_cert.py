@@ -73,7 +73,7 @@ class EvidenceRecord:
         """``aa_runtime_data`` parsed; it must be a JSON object (structured runtime data)."""
         try:
             value = json.loads(self.aa_runtime_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CertFormatError("rats-tls evidence: aa_runtime_data is not JSON") from None
         if not isinstance(value, dict):
             raise CertFormatError("rats-tls evidence: aa_runtime_data is not a JSON object")

@@ -74,16 +74,16 @@ def _check_chain(x5c: Any, header_key: jose_jwk.JWK, anchors: Sequence[x509.Cert
         raise VerificationFailed("token header jwk has no x5c certificate chain")
     try:
         chain = [x509.load_der_x509_certificate(_b64_any(c)) for c in x5c]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise VerificationFailed("token header x5c holds a certificate that is not valid base64 DER") from None
-    leaf_spki = chain[0].public_key().public_bytes(serialization.Encoding.DER,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-    jwk_spki = header_key.export_to_pem().replace(b"\r", b"")
     try:
+        leaf_spki = chain[0].public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+        jwk_spki = header_key.export_to_pem().replace(b"\r", b"")
         jwk_der = serialization.load_pem_public_key(jwk_spki).public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    except ValueError:
-        raise VerificationFailed("token header jwk is not a usable public key") from None
+    except Exception:  # hostile keys: cryptography and jwcrypto raise ValueError, UnsupportedAlgorithm, JWException
+        raise VerificationFailed("token header jwk (or its x5c[0] certificate) is not a usable public key") from None
     if jwk_der != leaf_spki:
         raise VerificationFailed("token header jwk does not match the key of its x5c[0] certificate")
     for cert in chain:

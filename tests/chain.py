@@ -61,6 +61,8 @@ class ChainOptions:
     #: cachefs reads the encrypted model from this local directory; False: the test supplies an
     #: object-storage source through ``env["cachefs"]`` (MODEL_OSS_*) instead.
     local_model: bool = True
+    #: Extra members of the egress's ``attest`` block, e.g. ``{"refresh_interval": 10}``.
+    egress_attest: Mapping[str, Any] = field(default_factory=dict)
     timeout: float = 30.0
 
 
@@ -148,6 +150,22 @@ class Chain:
         for name in self.options.daemons:
             await self.start(name)
 
+    async def make_model(self, extra_mib: int = 0) -> None:
+        """Write and encrypt the example model into ``plain``/``cipher`` (what ``local_model`` does at set-up).
+
+        For ``local_model=False`` chains that upload ``cipher`` to object storage before starting
+        cachefs. ``extra_mib`` adds a random second shard of that size (for faults that need
+        several cache chunks of 4 MiB).
+        """
+        from cachefs.encryptor import encrypt_directory
+
+        self.digests.update(_example_model(self.plain))
+        if extra_mib:
+            data = os.urandom(extra_mib << 20)
+            (self.plain / "model-extra.safetensors").write_bytes(data)
+            self.digests["model-extra.safetensors"] = hashlib.sha256(data).hexdigest()
+        await asyncio.to_thread(encrypt_directory, self.plain, self.cipher, self.model_key)
+
     async def _start_app(self) -> None:
         """A tiny OpenAI-style app (stand-in for vLLM); counts the requests that reach it."""
 
@@ -155,8 +173,24 @@ class Chain:
             self.app_requests += 1
 
         self.app_port = free_port()
-        runner = await start_example_app(self.app_port, count)
-        self._stack.push_async_callback(runner.cleanup)
+        self._app_runner: Any = await start_example_app(self.app_port, count)
+        self._stack.push_async_callback(self.stop_app)
+
+    async def stop_app(self) -> None:
+        """Stop the inference app (the gateway's backend); its port stays reserved for :meth:`start_app`."""
+        runner, self._app_runner = self._app_runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def start_app(self) -> None:
+        """Start the inference app again on the same port (after :meth:`stop_app`)."""
+        if self._app_runner is not None:
+            raise RuntimeError(f"the app is already running on port {self.app_port}")
+
+        def count() -> None:
+            self.app_requests += 1
+
+        self._app_runner = await start_example_app(self.app_port, count)
 
     def _define_daemons(self) -> None:
         opts, root = self.options, self.root
@@ -195,7 +229,7 @@ class Chain:
             config: dict[str, Any] = {"add_egress": [{
                 "mapping": {"in": {"host": "127.0.0.1", "port": self.egress_port},
                             "out": {"host": "127.0.0.1", "port": self.app_port}},
-                "attest": {"aa_addr": f"unix://{self.aa_socket}"}}]}
+                "attest": {"aa_addr": f"unix://{self.aa_socket}", **self.options.egress_attest}}]}
         else:
             a = self.trustees["a"]
             config = {"add_ingress": [{

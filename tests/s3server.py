@@ -17,12 +17,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-__all__ = ["Fault", "MotoS3Server", "ProxyRequest", "S3Proxy"]
+__all__ = ["Fault", "MotoS3Server", "ProxyRequest", "S3Proxy", "upload_tree"]
 
 _CHILD = (
     "import sys\n"
@@ -151,6 +152,8 @@ class S3Proxy:
         self.upstream = upstream.rstrip("/")
         self.requests: list[ProxyRequest] = []
         self.faults: list[Fault] = []
+        #: While True every request's connection is dropped before any answer (storage unreachable).
+        self.unreachable = False
         self._holds: list[_Hold] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -211,6 +214,10 @@ class S3Proxy:
             security_token=request.headers.get("x-amz-security-token"),
         )
         self.requests.append(seen)
+        if self.unreachable:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)  # never sent: the connection is already gone
         for hold in self._holds:
             if not hold.release.is_set() and hold.match(seen):
                 hold.count += 1
@@ -263,3 +270,22 @@ class S3Proxy:
             await response.write(payload)
             await response.write_eof()
             return response
+
+
+def upload_tree(client: Any, bucket: str, prefix: str, root: Path) -> dict[str, str]:
+    """Upload a local cipher directory under ``prefix`` (symlinks as cai-symlink-target objects).
+
+    Returns {relative path: object key} of the regular files, so tests can match proxy requests.
+    """
+    import os
+
+    keys = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        key = f"{prefix}{rel}"
+        if path.is_symlink():
+            client.put_object(Bucket=bucket, Key=key, Body=b"", Metadata={"cai-symlink-target": os.readlink(path)})
+        elif path.is_file():
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            keys[rel] = key
+    return keys

@@ -92,7 +92,7 @@ def _individual(obj: Any, *, flat: bool) -> VerificationRequest:
         raise AsRequestError("base64 decode evidence failed: use base64url without padding") from None
     try:
         evidence = json.loads(evidence_bytes)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         evidence = evidence_bytes  # the verifier decides; the sample verifier rejects non-JSON
     raw, structured, kind = _data(obj.get("runtime_data"), "runtime_data")
     if kind == "structured":
@@ -107,7 +107,7 @@ def parse_attestation_request(body: bytes, accepted: str) -> tuple[list[Verifica
     """Parse either request shape; ``accepted`` is the config's ``as_api``."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AsRequestError("Json deserialize error: body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise AsRequestError("Json deserialize error: body must be a JSON object")

@@ -36,7 +36,7 @@ async def faults(request: web.Request) -> web.Response:
         if not isinstance(items, list):
             raise ValueError("'faults' must be a list")
         parsed = [Fault.from_json(item) for item in items]
-    except (ValueError, TypeError, KbsHttpError) as exc:
+    except (ValueError, TypeError, KbsHttpError, RecursionError) as exc:
         return web.json_response({"error": f"invalid fault: {exc}"}, status=400)
     for fault in parsed:
         injector.add(fault)

@@ -46,9 +46,9 @@ class Fault:
     seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.route not in ROUTES:
+        if not isinstance(self.route, str) or self.route not in ROUTES:
             raise ValueError(f"unknown fault route {self.route!r}; use one of {sorted(ROUTES)}")
-        if self.mode not in MODES:
+        if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"unknown fault mode {self.mode!r}; use one of {sorted(MODES)}")
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise ValueError("fault 'count' must be an integer >= 1")
@@ -157,7 +157,7 @@ def _truncate(response: web.StreamResponse) -> web.StreamResponse:
         return response
     try:
         obj = json.loads(response.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if isinstance(obj, dict) and isinstance(obj.get("ciphertext"), str):
         obj["ciphertext"] = obj["ciphertext"][: max(0, len(obj["ciphertext"]) - 22)]

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from agents.logsetup import get_logger
+from attestation_agent import eventlog
 from attestation_agent.attesters.base import Attester, MeasurementResult, RuntimeEvent, check_report_data
 from attestation_agent.attesters.select import REGISTRY
 from attestation_agent.errors import EvidenceError
 from attestation_agent.kbs import canonical
 from attestation_agent.kbs.encoding import b64std_encode
-from attestation_agent.tdx import aael, ccel, guest_device, rtmr, runtime_log, tsm
+from attestation_agent.tdx import ccel, guest_device, rtmr, runtime_log, tsm
 from attestation_agent.tdx import settings as tdx_settings
 from attestation_agent.tdx.errors import MeasurementError, TsmError
 from attestation_agent.tdx.quote import parse_quote
@@ -172,7 +173,7 @@ class TdxAttester(Attester):
                                    f"{event.register_index}", hint="omit register_index or use 17")
         if not self._eventlog_supported():
             return MeasurementResult.NOT_SUPPORTED
-        entry = aael.make_event(event.domain, event.operation, event.content)
+        entry = eventlog.make_event(event.domain, event.operation, event.content)
         async with self._lock:
             runtime = await self._ensure_log()
             await asyncio.to_thread(runtime.append, entry)

@@ -22,11 +22,12 @@ one command at a time and swtpm's socket accepts one client at a time.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,10 +55,11 @@ from tpm2_pytss import (
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from agents.logsetup import get_logger
+from attestation_agent import eventlog as aael
 from attestation_agent.attesters.base import Attester, MeasurementResult, RuntimeEvent, check_report_data
 from attestation_agent.attesters.select import REGISTRY
 from attestation_agent.errors import EvidenceError
-from attestation_agent.tpm import aael, pcr
+from attestation_agent.tpm import pcr
 from attestation_agent.tpm.attest import parse_attest
 from attestation_agent.tpm.errors import TpmError
 from attestation_agent.tpm.evidence import TpmEvidence, TpmQuote, encode_evidence
@@ -71,6 +73,7 @@ from attestation_agent.tpm.settings import (
 from attestation_agent.tpm.verify import check_pcrs
 
 MAX_EVENTLOG = 8 * 1024 * 1024
+TPM_ALGORITHM = "sha256"  # the AA event log replays against a SHA-256 PCR
 AK_TEMPLATE = "rsa2048:rsassa-sha256:null"
 AK_ATTRIBUTES = "userwithauth|restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|noda"
 
@@ -351,7 +354,7 @@ class TpmAttester(Attester):
         ak_pem, quotes, ek_cert = await asyncio.to_thread(self._collect, nonce)
         eventlog = await asyncio.to_thread(self._read_optional, self.config.eventlog_path, MAX_EVENTLOG,
                                            "TPM event log")
-        aa_log = await asyncio.to_thread(self._read_optional, self.config.aael_path, aael.MAX_LINE * 1024,
+        aa_log = await asyncio.to_thread(self._read_optional, self.config.aael_path, aael.MAX_LOG_SIZE,
                                          "AA event log")
         evidence = TpmEvidence(ak_pubkey=ak_pem, quotes=quotes, ek_cert=ek_cert, eventlog=eventlog,
                                aa_eventlog=aa_log.decode("utf-8", "replace") if aa_log else None)
@@ -366,8 +369,8 @@ class TpmAttester(Attester):
             raise EvidenceError(f"runtime events go to PCR {self.config.runtime_pcr}; PCR {index} was requested",
                                 hint="omit register_index or configure runtime_pcr")
         try:
-            line = aael.event_line(event.domain, event.operation, event.content)
-        except TpmError as exc:
+            line = aael.make_event(event.domain, event.operation, event.content).line
+        except aael.AaEventLogError as exc:
             raise EvidenceError(f"runtime event rejected: {exc.message}", hint=exc.hint) from None
         await asyncio.to_thread(self._record_and_extend, path, index, line)
         return MeasurementResult.OK
@@ -378,27 +381,30 @@ class TpmAttester(Attester):
         with self._log_lock:
             self._sync_log(path, index)
             _append_durably(path, line)
-            self._extend(index, aael.entry_digest(line, "sha256"))
+            self._extend(index, aael.line_digest(TPM_ALGORITHM, line))
 
     def _sync_log(self, path: Path, index: int) -> None:
         text = path.read_text("utf-8") if path.exists() else ""
         if not text.strip():
-            init = aael.init_line("sha256", self._read_pcr(index))
+            init = aael.init_line(TPM_ALGORITHM, self._read_pcr(index))
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _append_durably(path, init, truncate=True)
-            self._extend(index, aael.entry_digest(init, "sha256"))
+            self._extend(index, aael.line_digest(TPM_ALGORITHM, init))
             return
         try:
-            log = aael.parse(text)
-        except TpmError as exc:
+            log = aael.parse_text(text)
+        except aael.AaEventLogError as exc:
             raise EvidenceError(f"AA event log {path} is corrupt: {exc.message}",
                                 hint="runtime measurements cannot continue; restart the VM") from None
         current = self._read_pcr(index)
-        if aael.replay(log) == current:
+        if log.algorithm != TPM_ALGORITHM:
+            raise EvidenceError(f"AA event log {path} uses {log.algorithm}; the SHA-256 PCR bank needs sha256",
+                                hint="the log was written by something else; restart the VM")
+        if log.matches(current):
             return
-        if log.events and aael.replay(replace(log, events=log.events[:-1])) == current:
+        if log.events and hmac.compare_digest(log.replay(upto=len(log.events) - 1), current):
             _log.warning("tpm_aael_resume_extend", pcr=index)  # crashed between append and extend
-            self._extend(index, aael.entry_digest(log.events[-1], "sha256"))
+            self._extend(index, aael.line_digest(TPM_ALGORITHM, log.events[-1].line))
             return
         raise EvidenceError(f"AA event log {path} does not replay to PCR {index}",
                             hint="someone else extended the PCR or edited the log; restart the VM")

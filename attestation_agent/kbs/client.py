@@ -8,6 +8,7 @@ connection errors and 5xx, timeouts on every call and response-size limits.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from agents.health import Metrics
 from agents.http import BodyTooLarge, read_body_limited
 from agents.logsetup import get_logger
 from agents.retry import Backoff, retry_call
@@ -39,6 +41,21 @@ log = get_logger("kbs")
 
 MAX_SMALL_RESPONSE = 256 * 1024  # auth/attest/error bodies
 DEFAULT_SESSION_LIFETIME = 300.0  # Trustee's default session timeout (5 min)
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a connection failed, in an operator's words ("connection refused"), plus the exception type.
+
+    aiohttp's own text for a refused connect is "Connect call failed ('127.0.0.1', 8080)", which
+    does not say refused, unreachable or missing socket; the errno does.
+    """
+    errno = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if isinstance(errno, int) and errno > 0:
+        return f"{os.strerror(errno).lower()} ({type(exc).__name__})"
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({type(exc).__name__})"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def normalize_base_url(url: str) -> str:
@@ -114,6 +131,7 @@ class KbsClient:
         *,
         session: aiohttp.ClientSession | None = None,
         dialects: DialectMemory = DIALECTS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.base_url = normalize_base_url(config.url)
@@ -124,6 +142,11 @@ class KbsClient:
         self._attestation: Attestation | None = None
         self._keys: dict[KeyAlgorithm, TeeKey] = {}
         self._lock = asyncio.Lock()
+        # Retries absorbed inside one call are invisible in the caller's result: count them, so a
+        # Trustee answering 5xx bursts shows up in /metrics even when every fetch succeeds.
+        self._retries = (metrics.counter("cai_kbs_retries_total", "KBS requests retried after a connection "
+                                         "error, timeout or transient 5xx", ("trustee", "route"))
+                         if metrics is not None else None)
         if config.key_algorithm and config.dialect and config.key_algorithm not in ALLOWED_ALGORITHMS[config.dialect]:
             raise KbsError(f"TEE key algorithm {config.key_algorithm.value} cannot be used with KBS protocol "
                            f"{config.dialect.value}", hint="Trustee 1.5 (0.1.0) wraps resources only with RSA1_5")
@@ -171,7 +194,7 @@ class KbsClient:
                                       f"within {self.config.timeout:g} s",
                                       hint="check the Trustee is up and reachable from this VM") from None
         except aiohttp.ClientError as exc:
-            raise KbsUnavailableError(f"cannot reach KBS at {self.base_url}: {type(exc).__name__}: {exc}",
+            raise KbsUnavailableError(f"cannot reach KBS at {self.base_url}: {connection_failure(exc)}",
                                       hint="check TRUSTEE_URL and that the Trustee is up") from None
         if reply.status >= 500 and _is_transient(reply):
             info = messages.parse_error(reply.body)
@@ -184,6 +207,8 @@ class KbsClient:
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
             log.warning("kbs.retry", url=self.base_url, route=_route(path), attempt=attempt,
                         delay_s=round(delay, 3), error=str(exc))
+            if self._retries is not None:
+                self._retries.labels(self.base_url, _route(path)).inc()
 
         return await retry_call(lambda: self._request_once(method, path, **kwargs), self.config.backoff,
                                 retry_on=lambda e: isinstance(e, KbsUnavailableError), on_retry=on_retry)

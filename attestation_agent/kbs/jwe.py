@@ -45,7 +45,7 @@ def _load(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
             raise JweError(f"JWE response is larger than {MAX_JWE_SIZE} bytes")
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise JweError("resource response is not a JSON JWE object") from None
     if not isinstance(obj, dict):
         raise JweError("resource response is not a JSON JWE object")
@@ -70,7 +70,7 @@ def _protected_header(protected: str) -> tuple[dict[str, Any], bool]:
             raise JweError("JWE protected header is neither JSON nor base64url JSON") from None
     try:
         header = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise JweError("JWE protected header is not valid JSON") from None
     if not isinstance(header, dict):
         raise JweError("JWE protected header is not a JSON object")

@@ -30,7 +30,7 @@ def _json(body: bytes | str, what: str) -> Any:
         raise ProtocolError(f"{what} is larger than {MAX_MESSAGE} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(f"{what} is not valid JSON") from None
 
 
@@ -183,7 +183,7 @@ def parse_error(body: bytes | str) -> ErrorInfo | None:
     """Best-effort parse of an error body; None when it is not one of the known shapes."""
     try:
         obj = json.loads(body[:MAX_MESSAGE])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None

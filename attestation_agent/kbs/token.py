@@ -25,7 +25,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     try:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError("attestation token header or claims are not base64url JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise ProtocolError("attestation token header or claims are not JSON objects")

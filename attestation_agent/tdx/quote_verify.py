@@ -91,7 +91,7 @@ def parse_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     text = pem.rstrip(b"\0")
     try:
         certs = tuple(x509.load_pem_x509_certificates(text))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise QuoteVerificationError(f"PCK certificate chain in the quote is not valid PEM: {exc}") from None
     if not certs:
         raise QuoteVerificationError("PCK certificate chain in the quote is empty")

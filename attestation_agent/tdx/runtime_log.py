@@ -24,8 +24,10 @@ import os
 import threading
 from pathlib import Path
 
+from attestation_agent import eventlog
+from attestation_agent.eventlog import AaEventLogError
 from attestation_agent.tdx import aael
-from attestation_agent.tdx.errors import EventLogError, MeasurementError
+from attestation_agent.tdx.errors import MeasurementError
 from attestation_agent.tdx.rtmr import MeasurementRegister
 
 DEFAULT_PATH = Path("/run/attestation-agent/eventlog")
@@ -48,17 +50,17 @@ class RuntimeEventLog:
         self.path = Path(path)
         self.register = register
         self._lock = threading.Lock()
-        self._log: aael.AaEventLog | None = None
+        self._log: eventlog.AaEventLog | None = None
         self._needs_recovery = True
 
     # -- start-up and recovery -----------------------------------------------------------------
 
-    def open(self) -> aael.AaEventLog:
+    def open(self) -> eventlog.AaEventLog:
         """Create or recover the log so that it replays to the live register (see module doc)."""
         with self._lock:
             return self._recover()
 
-    def _recover(self) -> aael.AaEventLog:
+    def _recover(self) -> eventlog.AaEventLog:
         raw = self._read_raw()
         if raw and not raw.endswith(b"\n"):
             cut = raw.rfind(b"\n") + 1
@@ -68,8 +70,8 @@ class RuntimeEventLog:
             log = self._initialise()
         else:
             try:
-                log = aael.parse_text(raw)
-            except EventLogError as exc:
+                log = eventlog.parse_text(raw)
+            except AaEventLogError as exc:
                 raise MeasurementError(f"AA event log {self.path} is corrupt: {exc.message}",
                                        hint="the log cannot be repaired without breaking RTMR3 replay; reboot the "
                                             "TD (RTMR3 resets) or disable the event log") from None
@@ -78,9 +80,9 @@ class RuntimeEventLog:
             live = self.register.read()
             if not hmac.compare_digest(log.replay(), live):
                 if log.events and hmac.compare_digest(log.replay(upto=len(log.events) - 1), live):
-                    self.register.extend(aael.line_digest(self.algorithm, log.events[-1].line))
+                    self.register.extend(eventlog.line_digest(self.algorithm, log.events[-1].line))
                 elif not log.events and hmac.compare_digest(log.init_value, live):
-                    self.register.extend(aael.line_digest(self.algorithm, log.init))
+                    self.register.extend(eventlog.line_digest(self.algorithm, log.init))
                 else:
                     raise MeasurementError(
                         f"AA event log {self.path} does not replay to the live RTMR3",
@@ -91,9 +93,9 @@ class RuntimeEventLog:
         self._needs_recovery = False
         return log
 
-    def _initialise(self) -> aael.AaEventLog:
+    def _initialise(self) -> eventlog.AaEventLog:
         init_value = self.register.read()
-        log = aael.AaEventLog(self.algorithm, init_value, ())
+        log = eventlog.AaEventLog(self.algorithm, init_value, ())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as f:
@@ -102,10 +104,10 @@ class RuntimeEventLog:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
-        self.register.extend(aael.line_digest(self.algorithm, log.init))
+        self.register.extend(eventlog.line_digest(self.algorithm, log.init))
         return log
 
-    def _check(self, log: aael.AaEventLog) -> None:
+    def _check(self, log: eventlog.AaEventLog) -> None:
         if not hmac.compare_digest(log.replay(), self.register.read()):
             raise MeasurementError(f"after recovery the AA event log {self.path} still does not replay to RTMR3",
                                    hint="another process is extending RTMR3 concurrently; stop it")
@@ -113,13 +115,13 @@ class RuntimeEventLog:
     def _read_raw(self) -> bytes:
         try:
             with open(self.path, "rb") as f:
-                raw = f.read(aael.MAX_LOG_SIZE + 1)
+                raw = f.read(eventlog.MAX_LOG_SIZE + 1)
         except FileNotFoundError:
             return b""
         except OSError as exc:
             raise MeasurementError(f"reading AA event log {self.path} failed: {exc.strerror or exc}") from None
-        if len(raw) > aael.MAX_LOG_SIZE:
-            raise MeasurementError(f"AA event log {self.path} exceeds {aael.MAX_LOG_SIZE} bytes")
+        if len(raw) > eventlog.MAX_LOG_SIZE:
+            raise MeasurementError(f"AA event log {self.path} exceeds {eventlog.MAX_LOG_SIZE} bytes")
         return raw
 
     def _truncate(self, size: int) -> None:
@@ -130,9 +132,9 @@ class RuntimeEventLog:
 
     # -- runtime -------------------------------------------------------------------------------
 
-    def append(self, event: aael.AaEvent) -> bytes:
+    def append(self, event: eventlog.AaEvent) -> bytes:
         """Log ``event`` durably, then extend the register; returns the new register value."""
-        event = aael.make_event(event.domain, event.operation, event.content)
+        event = eventlog.make_event(event.domain, event.operation, event.content)
         with self._lock:
             if self._needs_recovery or self._log is None:
                 self._recover()
@@ -150,17 +152,17 @@ class RuntimeEventLog:
             finally:
                 os.close(fd)
             self._needs_recovery = True  # until the extend is known to have happened
-            self.register.extend(aael.line_digest(self.algorithm, event.line))
-            log = aael.AaEventLog(self._log.algorithm, self._log.init_value, (*self._log.events, event))
+            self.register.extend(eventlog.line_digest(self.algorithm, event.line))
+            log = eventlog.AaEventLog(self._log.algorithm, self._log.init_value, (*self._log.events, event))
             self._log = log
             self._needs_recovery = False
             return log.replay()
 
-    def snapshot(self) -> tuple[str, aael.AaEventLog]:
+    def snapshot(self) -> tuple[str, eventlog.AaEventLog]:
         """The log text and its parse, re-read from disk (what is sent as ``aa_eventlog``)."""
         with self._lock:
             if self._needs_recovery or self._log is None:
                 self._recover()
             raw = self._read_raw()
-            log = aael.parse_text(raw)
+            log = eventlog.parse_text(raw)
             return raw.decode("utf-8"), log

@@ -31,6 +31,22 @@ def test_health_state_readiness() -> None:
     assert health.ready
 
 
+def test_probes_are_evaluated_on_every_question() -> None:
+    """A probe turns readiness off with time alone (no event), and back on, with its own detail."""
+    health = HealthState()
+    health.set_check("listener", True, "listening")
+    state = {"ok": True}
+    health.add_probe("certificate", lambda: (state["ok"], "fresh" if state["ok"] else "too old"))
+    health.mark_started()
+    assert health.ready and health.snapshot()["checks"]["certificate"] == {"ok": True, "detail": "fresh"}
+    state["ok"] = False
+    snap = health.snapshot()
+    assert not health.ready and not snap["ready"] and snap["checks"]["certificate"]["detail"] == "too old"
+    assert snap["checks"]["listener"]["ok"]
+    state["ok"] = True
+    assert health.ready
+
+
 def test_metrics_are_idempotent_and_private() -> None:
     first, second = Metrics(), Metrics()
     counter = first.counter("kbs_requests_total", "KBS requests", labels=("outcome",))

@@ -18,7 +18,7 @@ from cachefs.encryptor import encrypt_directory
 from cachefs.errors import BlockAuthError, CachefsError, ManifestError
 from cachefs.gocryptfs.content import CIPHER_BLOCK, HEADER_LEN, PLAIN_BLOCK
 from cachefs.manifest import ManifestEntry, build_manifest, manifest_digest, parse_manifest
-from cachefs.reader import CHUNK_PLAIN, FileReader, PlainCache, ReaderStats
+from cachefs.reader import CHUNK_PLAIN, FileReader, PlainCache, ReadError, ReaderStats
 from cachefs.sources.base import CiphertextSource, SourceEntry, SourceError
 from cachefs.sources.local import LocalDirSource
 from cachefs.volume import GocryptfsVolume, Node, open_volume, stable_inode
@@ -125,6 +125,29 @@ async def test_bad_block_fails_only_its_reads(volume_dir: tuple[Path, Path], tmp
     with pytest.raises(BlockAuthError):
         await reader.read(3 * PLAIN_BLOCK + 10, 10)
     assert stats.bad_blocks >= 2
+
+
+async def test_read_deadline_gives_clean_error_and_later_read_succeeds(volume_dir: tuple[Path, Path]) -> None:
+    """A store that never answers costs the application ``read_timeout``, then EIO; not forever."""
+    plain_dir, cipher_dir = volume_dir
+    vol = await open_volume(LocalDirSource(cipher_dir), PW)
+    big = _find(vol, b"big.bin")
+    gate = asyncio.Event()
+
+    class Silent(CountingSource):
+        async def read(self, path: str, offset: int, length: int) -> bytes:
+            await gate.wait()  # accepted, never answered (until the test opens the gate)
+            return await super().read(path, offset, length)
+
+    reader = FileReader(big, Silent(LocalDirSource(cipher_dir)), vol.cipher, PlainCache(64 << 20), ReaderStats(),
+                        read_timeout=0.2)
+    with pytest.raises(ReadError) as info:
+        await reader.read(0, PLAIN_BLOCK)
+    assert "within 0.2 s" in info.value.message and big.cipher_path in info.value.message
+    assert "read_timeout" in (info.value.hint or "")
+    gate.set()  # the store answers again: the same reader serves the same range, no restart
+    plain = (plain_dir / "big.bin").read_bytes()
+    assert bytes(await reader.read(0, PLAIN_BLOCK)) == plain[:PLAIN_BLOCK]
 
 
 def test_plain_cache_is_bounded() -> None:

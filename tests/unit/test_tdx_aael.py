@@ -1,4 +1,5 @@
-"""AA event log (text and TCG2 forms) against the openanolis Trustee 1.5.2 and Trustiflux fixtures.
+"""AA event log (text form: ``attestation_agent.eventlog``; TCG2 form: ``tdx.aael``) against the openanolis
+Trustee 1.5.2 and Trustiflux fixtures.
 
 Published replay values are from Trustee v1.5.2 ``deps/verifier/src/eventlog`` unit tests; the
 RTMR3 comes from the signed quote ``AAEL_quote_tdx``.
@@ -12,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attestation_agent import eventlog
+from attestation_agent.eventlog import AaEventLogError, InvalidAaEventError
 from attestation_agent.tdx import aael, ccel
-from attestation_agent.tdx.errors import EventLogError, InvalidEventError
+from attestation_agent.tdx.errors import EventLogError
 from attestation_agent.tdx.quote import parse_quote
 from tests.conftest import UPSTREAM
 
@@ -27,38 +30,45 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("n", sorted(PUBLISHED))
 def test_text_logs_replay_to_published_values(n):
-    log = aael.parse_text((AAEL / f"AAEL_data_{n}").read_text())
+    log = eventlog.parse_text((AAEL / f"AAEL_data_{n}").read_text())
     assert log.replay().hex() == PUBLISHED[n]
 
 
 def test_aael_data_1_replays_to_rtmr3_of_the_signed_quote():
     quote = parse_quote((AAEL / "AAEL_quote_tdx").read_bytes())
-    assert aael.parse_text((AAEL / "AAEL_data_1").read_text()).matches(quote.rtmrs[3])
-    assert not aael.parse_text((AAEL / "AAEL_data_2").read_text()).matches(quote.rtmrs[3])
+    assert eventlog.parse_text((AAEL / "AAEL_data_1").read_text()).matches(quote.rtmrs[3])
+    assert not eventlog.parse_text((AAEL / "AAEL_data_2").read_text()).matches(quote.rtmrs[3])
 
 
 def test_replay_rule_by_hand():
     init = bytes(48)
-    log = aael.AaEventLog("sha384", init, (aael.make_event("d", "op", "c"),))
+    log = eventlog.AaEventLog("sha384", init, (eventlog.make_event("d", "op", "c"),))
     h = hashlib.sha384
     r = h(init + h(b"INIT sha384/" + b"0" * 96).digest()).digest()
     r = h(r + h(b"d op c").digest()).digest()
     assert log.replay() == r
-    assert aael.parse_text(log.to_text()) == log
+    assert eventlog.parse_text(log.to_text()) == log
 
 
 def test_claims_shape():
-    log = aael.parse_text((AAEL / "AAEL_data_3").read_text())
+    log = eventlog.parse_text((AAEL / "AAEL_data_3").read_text())
     assert log.to_claims() == {"github.com/confidential-containers/CreateContainer":
                                ["docker.io/library/alpine", "docker.io/library/busybox"]}
 
 
-@pytest.mark.parametrize("bad", ["has space", "new\nline", "", "tab\there", "cr\r"])
+@pytest.mark.parametrize("bad", ["has space", "new\nline", "", "tab\there", "cr\r", "nul\0", "nbsp\u00a0x",
+                                 "x" * (eventlog.MAX_FIELD + 1)])
 def test_fields_trustee_15_cannot_split_are_refused(bad):
-    with pytest.raises(InvalidEventError):
-        aael.make_event("domain", "op", bad)
-    with pytest.raises(InvalidEventError):
-        aael.make_event(bad, "op", "content")
+    with pytest.raises(InvalidAaEventError):
+        eventlog.make_event("domain", "op", bad)
+    with pytest.raises(InvalidAaEventError):
+        eventlog.make_event(bad, "op", "content")
+
+
+def test_init_domain_is_reserved_when_writing():
+    with pytest.raises(InvalidAaEventError, match="reserved"):
+        eventlog.make_event("INIT", "op", "c")
+    assert eventlog.make_event("init", "op", "c").line == "init op c"
 
 
 @pytest.mark.parametrize("text", [
@@ -67,15 +77,16 @@ def test_fields_trustee_15_cannot_split_are_refused(bad):
     "INIT sha384/" + "zz" * 48 + "\n", "INIT sha384/" + "0" * 96 + "\na  c\n",
 ])
 def test_malformed_text_logs(text):
-    with pytest.raises(EventLogError):
-        aael.parse_text(text)
+    with pytest.raises(AaEventLogError):
+        eventlog.parse_text(text)
 
 
 def test_tcg2_fixture_decodes_and_reencodes_exactly():
     raw = (UPSTREAM / "trustiflux/v1.5.2/aael/aael-tcg2.bin").read_bytes()
     records = aael.parse_tcg2_records(raw)
     events = [aael.decode_tagged_event(r) for r in records]
-    assert events == [aael.AaEvent("domain", "operation", "content1"), aael.AaEvent("domain", "operation", "content2")]
+    assert events == [eventlog.AaEvent("domain", "operation", "content1"),
+                      eventlog.AaEvent("domain", "operation", "content2")]
     assert b"".join(aael.encode_tcg2_event(e, records[0].mr_index) for e in events) == raw
 
 
@@ -99,11 +110,11 @@ def test_text_roundtrip_property(init, fields):
     events = []
     for f in fields:
         try:
-            events.append(aael.make_event(*f))
-        except InvalidEventError:
+            events.append(eventlog.make_event(*f))
+        except InvalidAaEventError:
             continue  # other Unicode whitespace is refused too
-    log = aael.AaEventLog("sha384", init, tuple(events))
-    again = aael.parse_text(log.to_text())
+    log = eventlog.AaEventLog("sha384", init, tuple(events))
+    again = eventlog.parse_text(log.to_text())
     assert again == log and again.replay() == log.replay()
 
 
@@ -111,8 +122,8 @@ def test_text_roundtrip_property(init, fields):
 @given(st.one_of(st.text(max_size=400), st.binary(max_size=400)))
 def test_fuzz_text(data):
     try:
-        aael.parse_text(data)
-    except EventLogError:
+        eventlog.parse_text(data)
+    except AaEventLogError:
         pass
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from agents.settings import parse_settings
+from attestation_agent import eventlog
 from attestation_agent.attesters.base import MeasurementResult, RuntimeEvent
 from attestation_agent.attesters.select import REGISTRY, select_attester
 from attestation_agent.attesters.tdx import TdxAttester, TdxConfig, config_from_settings
 from attestation_agent.errors import EvidenceError
-from attestation_agent.tdx import aael, ccel
-from attestation_agent.tdx.errors import InvalidEventError, MeasurementError, TsmError
+from attestation_agent.eventlog import InvalidAaEventError
+from attestation_agent.tdx import ccel
+from attestation_agent.tdx.errors import MeasurementError, TsmError
 from attestation_agent.tdx.quote import parse_quote
 from attestation_agent.tdx.settings import TDX_SETTINGS
 from tests.conftest import UPSTREAM
@@ -51,7 +53,7 @@ async def test_aael_is_sent_when_it_replays_to_the_quoted_rtmr3(guest, tmp_path)
     attester = make(guest, tmp_path)
     assert await attester.extend_runtime_measurement(RuntimeEvent("d", "op", "content")) is MeasurementResult.OK
     evidence = await attester.evidence(DIGEST)
-    log = aael.parse_text(evidence["aa_eventlog"])
+    log = eventlog.parse_text(evidence["aa_eventlog"])
     assert [e.line for e in log.events] == ["d op content"]
     assert log.matches(parse_quote(base64.b64decode(evidence["quote"])).rtmrs[3])
     guest.rtmr(3).extend(bytes(48))  # a foreign extend: the log no longer explains RTMR3
@@ -69,7 +71,7 @@ async def test_runtime_measurement_switches_and_validation(guest, tmp_path):
     attester = make(guest, tmp_path)
     with pytest.raises(MeasurementError, match="PCR 17"):
         await attester.extend_runtime_measurement(RuntimeEvent("d", "o", "c", register_index=5))
-    with pytest.raises(InvalidEventError, match="whitespace") as info:
+    with pytest.raises(InvalidAaEventError, match="whitespace") as info:
         await attester.extend_runtime_measurement(RuntimeEvent("d", "o", "two words"))
     assert info.value.http_status == 400
     assert await attester.extend_runtime_measurement(RuntimeEvent("d", "o", "c", 17)) is MeasurementResult.OK

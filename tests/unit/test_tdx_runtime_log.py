@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from attestation_agent.tdx import aael
+from attestation_agent import eventlog
 from attestation_agent.tdx.errors import MeasurementError
 from attestation_agent.tdx.rtmr import SysfsRtmr, rtmr_path
 from attestation_agent.tdx.runtime_log import RuntimeEventLog
@@ -48,7 +48,7 @@ def test_append_logs_before_extend_and_replays(tmp_path, guest):
         real_extend(data)
 
     register.extend = spy  # type: ignore[method-assign]
-    value = log.append(aael.make_event("github.com/confidential-containers", "PullImage", "busybox@sha256:ab"))
+    value = log.append(eventlog.make_event("github.com/confidential-containers", "PullImage", "busybox@sha256:ab"))
     assert seen[-1].endswith("PullImage busybox@sha256:ab\n")
     assert value == guest.rtmrs[3]
     text, parsed = log.snapshot()
@@ -59,7 +59,7 @@ def test_restart_reextends_a_logged_but_unextended_entry(tmp_path, guest):
     path = tmp_path / "eventlog"
     log = RuntimeEventLog(path, guest.rtmr(3))
     log.open()
-    log.append(aael.make_event("d", "op", "one"))
+    log.append(eventlog.make_event("d", "op", "one"))
     with open(path, "a") as f:  # crash after the durable append, before the extend
         f.write("d op two\n")
     before = guest.rtmrs[3]
@@ -79,7 +79,7 @@ def test_torn_last_line_is_dropped(tmp_path, guest):
     path = tmp_path / "eventlog"
     log = RuntimeEventLog(path, guest.rtmr(3))
     log.open()
-    log.append(aael.make_event("d", "op", "one"))
+    log.append(eventlog.make_event("d", "op", "one"))
     with open(path, "a") as f:
         f.write("d op tw")  # torn write, never extended
     recovered = RuntimeEventLog(path, guest.rtmr(3)).open()
@@ -91,7 +91,7 @@ def test_foreign_extend_or_edited_log_fails_closed(tmp_path, guest):
     path = tmp_path / "eventlog"
     log = RuntimeEventLog(path, guest.rtmr(3))
     log.open()
-    log.append(aael.make_event("d", "op", "one"))
+    log.append(eventlog.make_event("d", "op", "one"))
     guest.rtmr(3).extend(bytes(48))  # someone else extended RTMR3
     with pytest.raises(MeasurementError, match="does not replay"):
         RuntimeEventLog(path, guest.rtmr(3)).open()

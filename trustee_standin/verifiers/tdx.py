@@ -28,9 +28,11 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from attestation_agent import eventlog
+from attestation_agent.eventlog import AaEventLogError
 from attestation_agent.kbs.canonical import tdx_report_data
 from attestation_agent.kbs.encoding import b64std_decode
-from attestation_agent.tdx import aael, ccel
+from attestation_agent.tdx import ccel
 from attestation_agent.tdx.errors import TdxFormatError
 from attestation_agent.tdx.quote import Quote, parse_quote
 from attestation_agent.tdx.quote_verify import verify_quote
@@ -135,8 +137,8 @@ def verify_tdx(evidence: Any, expected_report_data: bytes | None) -> dict[str, A
         if not isinstance(aa_text, str):
             raise _fail("'aa_eventlog' must be a string or null")
         try:
-            aa_log = aael.parse_text(aa_text)
-        except TdxFormatError as exc:
+            aa_log = eventlog.parse_text(aa_text)
+        except AaEventLogError as exc:
             raise _fail(f"Parse AA Eventlog failed: {exc}") from None
         if not aa_log.matches(quote.rtmrs[3]):
             raise _fail(f"AA eventlog does not pass check. AAEL value : {aa_log.replay().hex()}, "

@@ -17,12 +17,12 @@ Claims: ``quote.signer``, ``quote.clock_info``, ``quote.firmware_version``, ``re
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from cryptography import x509
 
-from attestation_agent.tpm import aael
+from attestation_agent import eventlog
+from attestation_agent.eventlog import AaEventLogError
 from attestation_agent.tpm.errors import TpmError
 from attestation_agent.tpm.evidence import decode_evidence
 from attestation_agent.tpm.verify import load_ak_public, verify_quote
@@ -59,22 +59,21 @@ def make_tpm_verifier(aael_pcr: int = DEFAULT_AAEL_PCR):
                 claims["report_data"] = attest.extra_data.hex()
                 claims["pcrs"][bank_name] = {f"pcr{i}": v.hex() for i, v in zip(indices, quote.pcrs, strict=True)}
             if decoded.aa_eventlog is not None:
-                log = aael.parse(decoded.aa_eventlog)
+                log = eventlog.parse_text(decoded.aa_eventlog)
                 register = claims["pcrs"].get("SHA256", {}).get(f"pcr{aael_pcr}")
-                if log.hash_name != "sha256" or register is None:
+                if log.algorithm != "sha256" or register is None:
                     raise VerificationError(f"TPM aa_eventlog cannot be checked: it needs a sha256 log and PCR"
                                             f"{aael_pcr} in the SHA256 quote")
-                if not hmac.compare_digest(aael.replay(log), bytes.fromhex(register)):
+                if not log.matches(bytes.fromhex(register)):
                     raise VerificationError(f"TPM aa_eventlog does not replay to SHA256 PCR{aael_pcr}",
                                             hint="an event was added, removed or altered after it was extended")
-                for line in log.events:
-                    domain, operation, content = line.split(" ", 2)
-                    claims[f"AA.eventlog.{domain}.{operation}"] = content
+                for event in log.events:
+                    claims[f"AA.eventlog.{event.domain}.{event.operation}"] = event.content
             if decoded.ek_cert is not None:
                 claims["EK_cert_issuer"] = _ek_issuer(decoded.ek_cert)
             claims["eventlog_present"] = decoded.eventlog is not None
             return claims
-        except TpmError as exc:
+        except (TpmError, AaEventLogError) as exc:
             raise VerificationError(exc.message, hint=exc.hint) from None
 
     return verify_tpm
