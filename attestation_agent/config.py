@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agents import peercred, validators
 from agents.settings import Setting
+from attestation_agent.kbs.trust import KBS_CA_CERT_DOC
 from attestation_agent.nvidia.settings import GPU_SETTINGS
 from attestation_agent.tdx.settings import TDX_SETTINGS
 from attestation_agent.tpm.settings import TPM_SETTINGS
@@ -40,6 +41,7 @@ AA_SETTINGS: tuple[Setting, ...] = (
             "ECDH-ES+A256KW for 0.4.0), RSA1_5, RSA-OAEP-256 or ECDH-ES+A256KW.",
             choices=("auto", "RSA1_5", "RSA-OAEP-256", "ECDH-ES+A256KW")),
     Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request."),
+    Setting("kbs_ca_cert", str, None, KBS_CA_CERT_DOC, validator=validators.absolute_path),
     Setting("log_level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", str, "json", "Log format: json or console.", choices=("json", "console")),
     *TDX_SETTINGS,

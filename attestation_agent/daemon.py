@@ -21,6 +21,7 @@ from attestation_agent.errors import AttestationError, KbsAttestationRejectedErr
 from attestation_agent.kbs.client import KbsClientConfig
 from attestation_agent.kbs.dialect import Dialect
 from attestation_agent.kbs.tee_key import KeyAlgorithm
+from attestation_agent.kbs.trust import trustee_ssl_context
 from attestation_agent.service import AgentOptions, AttestationAgent
 
 log = get_logger("aa")
@@ -48,7 +49,8 @@ def kbs_config(url: str | None, settings: dict[str, Any]) -> KbsClientConfig | N
         return None
     dialect = None if settings["kbs_dialect"] == "auto" else Dialect(settings["kbs_dialect"])
     alg = None if settings["kbs_key_algorithm"] == "auto" else KeyAlgorithm(settings["kbs_key_algorithm"])
-    return KbsClientConfig(url=url, dialect=dialect, key_algorithm=alg, timeout=settings["kbs_timeout"])
+    return KbsClientConfig(url=url, dialect=dialect, key_algorithm=alg, timeout=settings["kbs_timeout"],
+                           ssl=trustee_ssl_context(settings["kbs_ca_cert"]))
 
 
 def select_devices(settings: dict[str, Any]) -> tuple[DeviceAttester, ...]:

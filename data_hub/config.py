@@ -19,6 +19,7 @@ from agents.config import load_cai_env
 from agents.errors import ConfigError
 from agents.sections import load_section, read_section
 from agents.settings import Setting
+from attestation_agent.kbs.trust import KBS_CA_CERT_DOC
 from data_hub.resource_map import ResourceEntry, build_resource_map, entries_from_config
 
 SECTION = "cdh"
@@ -106,6 +107,8 @@ CDH_SETTINGS: tuple[Setting, ...] = (
     Setting("kbs_dialect", str, "auto", "KBS protocol version: auto, 0.1.0 (Trustee <= 1.5), 0.4.0 (>= 1.6).",
             choices=("auto", "0.1.0", "0.4.0")),
     Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request.", validator=_positive),
+    Setting("kbs_ca_cert", str, None, KBS_CA_CERT_DOC + " Applies to every Trustee (a bundle may hold several CAs).",
+            validator=validators.absolute_path),
     Setting("sealed_keys_dir", str, DEFAULT_SEALED_KEYS_DIR,
             "Directory of local sealed-secret verification keys (JWK or PEM), looked up by the JWS 'kid'.",
             validator=validators.absolute_path),

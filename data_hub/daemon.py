@@ -21,6 +21,7 @@ from agents.logsetup import configure_logging, get_logger
 from agents.peercred import guard_from_settings
 from agents.retry import Backoff
 from agents.settings import Setting
+from attestation_agent.kbs.trust import trustee_ssl_context
 from data_hub.api import build_app
 from data_hub.config import CDH_SETTINGS, HubConfig, load_hub_config
 from data_hub.errors import ResourceUnavailableError
@@ -73,7 +74,8 @@ async def serve(config: HubConfig, *, pool: TrusteePool | None = None) -> int:
     store.set_ready(False)
     if pool is None:
         pool = TrusteePool.over_aa(settings["aa_socket"], config_factory=default_config_factory(
-            dialect=settings["kbs_dialect"], timeout=settings["kbs_timeout"]), metrics=metrics)
+            dialect=settings["kbs_dialect"], timeout=settings["kbs_timeout"],
+            ssl=trustee_ssl_context(settings["kbs_ca_cert"])), metrics=metrics)
     options = HubOptions(refresh_interval=settings["refresh_interval"], attempt_timeout=settings["attempt_timeout"],
                          startup_backoff=Backoff(initial=settings["startup_retry_initial"],
                                                  maximum=max(settings["startup_retry_max"],

@@ -8,6 +8,7 @@ N resources cost one RCAR handshake, and a 401 (Trustee restarted, session expir
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from agents.health import Metrics
 from agents.logsetup import register_secret
@@ -20,12 +21,12 @@ from data_hub.uri import ResourceUri
 ConfigFactory = Callable[[str], KbsClientConfig]
 
 
-def default_config_factory(*, dialect: str = "auto", timeout: float = 30.0) -> ConfigFactory:
-    """Client settings shared by every Trustee (the URL differs)."""
+def default_config_factory(*, dialect: str = "auto", timeout: float = 30.0, ssl: Any = None) -> ConfigFactory:
+    """Client settings shared by every Trustee (the URL differs); ``ssl``: see ``kbs/trust.py``."""
     pinned = None if dialect == "auto" else Dialect(dialect)
 
     def factory(url: str) -> KbsClientConfig:
-        return KbsClientConfig(url=url, dialect=pinned, timeout=timeout)
+        return KbsClientConfig(url=url, dialect=pinned, timeout=timeout, ssl=ssl)
 
     return factory
 

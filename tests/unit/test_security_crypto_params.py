@@ -29,10 +29,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from agents.errors import ConfigError
+from attestation_agent.attesters.sample import SampleAttester
 from attestation_agent.config import AA_SETTINGS
+from attestation_agent.daemon import kbs_config
 from attestation_agent.errors import KbsUnavailableError
+from attestation_agent.evidence import LocalEvidence
+from attestation_agent.kbs.client import KbsClient
 from attestation_agent.kbs.dialect import Dialect
+from attestation_agent.kbs.trust import trustee_ssl_context
 from data_hub.config import CDH_SETTINGS
+from data_hub.trustees import default_config_factory
 from gateway.hpke import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, KDF_HKDF_SHA256
 from gateway.ingress_pool import client_context
 from gateway.ohttp import (
@@ -244,9 +251,45 @@ async def test_kbs_client_verifies_https_trustee_certificates_by_default(tmp_pat
                 assert await client.get_resource(MODEL_KEY) == secret
 
 
+async def test_kbs_ca_cert_setting_pins_the_trustee_ca(tmp_path: Path, repository: Path, secret: bytes) -> None:
+    """``kbs_ca_cert`` (AA and data hub) trusts exactly that CA: its Trustee passes, any other is refused."""
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    ours.mkdir(), other.mkdir()
+    cert_path, key_path = write_self_signed(ours, ec.generate_private_key(ec.SECP256R1()), "127.0.0.1")
+    other_cert, other_key = write_self_signed(other, ec.generate_private_key(ec.SECP256R1()), "127.0.0.1")
+    aa_settings = {"kbs_dialect": "auto", "kbs_key_algorithm": "auto", "kbs_timeout": 10.0, "kbs_ca_cert": cert_path}
+    async with StandinServer(StandinConfig(dialect=Dialect.V0_4_0, repository=repository)) as trustee:
+        port = int(trustee.url.rsplit(":", 1)[1])
+        async with tls_front(port, cert_path, key_path) as good, tls_front(port, other_cert, other_key) as bad:
+            for https_port, ok in ((good, True), (bad, False)):
+                url = f"https://127.0.0.1:{https_port}/api"
+                configs = (kbs_config(url, aa_settings),
+                           default_config_factory(ssl=trustee_ssl_context(cert_path))(url))
+                for config in configs:
+                    assert config is not None and config.ssl.verify_mode == ssl.CERT_REQUIRED
+                    assert config.ssl.check_hostname
+                    async with KbsClient(config, LocalEvidence(SampleAttester())) as client:
+                        if ok:
+                            assert await client.get_resource(MODEL_KEY) == secret
+                        else:
+                            with pytest.raises(KbsUnavailableError, match=r"(?i)certificate"):
+                                await client.get_resource(MODEL_KEY)
+
+
+def test_kbs_ca_cert_errors_name_the_key_and_file(tmp_path: Path) -> None:
+    assert trustee_ssl_context(None) is None
+    with pytest.raises(ConfigError, match=r"kbs_ca_cert: .*/missing.pem does not exist"):
+        trustee_ssl_context(str(tmp_path / "missing.pem"))
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match=r"kbs_ca_cert: cannot load CA certificates from .*junk.pem"):
+        trustee_ssl_context(str(junk))
+
+
 def test_no_daemon_setting_turns_tls_verification_off() -> None:
     """Verification can only be changed in code (``KbsClientConfig.ssl``), never by a config key."""
     pattern = re.compile(r"insecure|ssl|tls|verif|cert")
     names = {s.name for s in (*AA_SETTINGS, *CDH_SETTINGS) if pattern.search(s.name)}
-    # The only match is about sealed-secret signatures, and it logs a loud warning (docs/configuration.md).
-    assert names == {"skip_sealed_secret_verification"}
+    # skip_sealed_secret_verification is about sealed-secret signatures and logs a loud warning
+    # (docs/configuration.md); kbs_ca_cert narrows trust to one CA (tested above), it cannot widen it.
+    assert names == {"skip_sealed_secret_verification", "kbs_ca_cert"}
