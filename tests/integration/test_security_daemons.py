@@ -7,6 +7,7 @@ are fresh random secrets, so a leak cannot pass by accident.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.http import free_port
 from agents.supervisor import NotifyListener
 from attestation_agent.kbs.dialect import Dialect
 from trustee_standin.config import StandinConfig
@@ -145,3 +147,60 @@ async def test_cdh_keeps_keys_out_of_argv_env_and_has_tight_modes(tmp_path: Path
         notify_cdh.close()
     for name in ("aa.log", "cdh.log"):
         assert secret.decode() not in (tmp_path / name).read_text()
+
+
+async def test_unprivileged_cachefs_and_gateway_are_not_dumpable(shared_dir: Path) -> None:
+    """The two daemons the first tests do not spawn: cachefs (holds the volume key) and the gateway (TLS keys)."""
+    from cachefs.encryptor import encrypt_directory
+    from trustee_standin import ca
+
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    plain, cipher, mnt = shared_dir / "plain", shared_dir / "cipher", shared_dir / "model"
+    for directory in (plain, cipher, mnt):
+        directory.mkdir()
+    (plain / "weights.bin").write_bytes(os.urandom(10000))
+    password = os.urandom(16).hex().encode() + b"\n"
+    encrypt_directory(plain, cipher, password)
+    key = shared_dir / "model-key"
+    key.write_bytes(password)
+    key.chmod(0o400)
+    ca.load_or_create(shared_dir / "ca")
+    ingress = shared_dir / "ingress.json"
+    ingress.write_text(json.dumps({"add_ingress": [{
+        "http_proxy": {"proxy_listen": {"host": "127.0.0.1", "port": free_port()}},
+        "verify": {"as_addr": "http://127.0.0.1:9/", "policy_ids": ["default"],
+                   "trusted_certs_paths": [str(shared_dir / "ca" / ca.ROOT_CERT)]}}]}))
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(shared_dir)], check=True)
+    argvs = {
+        "cachefs": ["cachefs", "--mount-point", str(mnt), "--cipher-dir", str(cipher), "--key-file", str(key)],
+        "gateway": ["gateway", "--config", str(ingress)],
+    }
+    env = {"cachefs": {"CAI_CACHEFS_SOCKET": str(shared_dir / "cachefs.sock"), "CAI_CACHEFS_ALLOW_OTHER": "false"},
+           "gateway": {}}
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    notifies: list[NotifyListener] = []
+    try:
+        for name, argv in argvs.items():
+            notify = NotifyListener(shared_dir / f"{name}-notify.sock")
+            notifies.append(notify)
+            os.chmod(notify.path, 0o777)
+            with open(shared_dir / f"{name}.log", "wb") as log:
+                procs[name] = await asyncio.create_subprocess_exec(
+                    *setpriv, sys.executable, "-m", "agents.cli", *argv, stdout=log, stderr=log,
+                    env=clean_env(NOTIFY_SOCKET=str(notify.path), **env[name]), preexec_fn=allow_cores)
+            await notify.wait_for("READY=1", proc=procs[name], log=shared_dir / f"{name}.log")
+        for name, proc in procs.items():
+            assert f"Uid:\t{NOBODY}" in Path(f"/proc/{proc.pid}/status").read_text(), name
+            assert os.stat(f"/proc/{proc.pid}/status").st_uid == 0, f"cai {name} is still dumpable"
+            assert os.stat(f"/proc/{proc.pid}/mem").st_uid == 0
+            assert core_limit(proc.pid) == "0"
+            assert password.strip() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        assert str(mnt) in mounts, "control: cachefs really mounted the volume as nobody"
+        assert stat.S_IMODE(os.stat(shared_dir / "cachefs.sock").st_mode) == 0o660
+    finally:
+        for proc in reversed(procs.values()):
+            assert await stop(proc) == 0
+        for notify in notifies:
+            notify.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
