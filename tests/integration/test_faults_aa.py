@@ -115,6 +115,7 @@ async def test_aa_killed_and_restarted_then_killed_for_good(tmp_path: Path) -> N
         assert expired and expired[0]["max_age_s"] == REFRESH * STALE_AFTER_INTERVALS
         assert chain.aa_socket in expired[0]["last_error"] and "connection refused" in expired[0]["last_error"]
         assert "Traceback" not in chain.log("gateway")
+        assert not events(chain, "gateway", "gateway.peer.rejected"), "our own stale evidence is not the peer's fault"
         assert (await chain.api("cdh", "/readyz"))[0] == 200
         status, body = await chain.api("gateway", "/readyz")  # the orchestrator stops routing to it
         assert status == 503 and "new connections are refused" in json.loads(body)["failing"]["egress0.certificate"]
