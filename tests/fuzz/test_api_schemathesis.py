@@ -12,10 +12,15 @@ body may contain the secret values (fresh random ones per run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agents.health import HealthState, Metrics
-from agents.http import bound_port, start_site
+from agents.http import bound_port, free_port, start_site
 from agents.retry import Backoff
 from attestation_agent.aa_client import AaClient
 from attestation_agent.api import build_app as build_aa_app
@@ -214,3 +219,86 @@ def test_known_hostile_requests(chain):
         assert response.status_code == 200 and response.content == chain.secrets[OTHER]
         response = http.get(f"{chain.cdh_url}/cdh/resource/default/aliyun/%2e%2e", timeout=30)
         assert response.status_code == 400 and json.loads(response.content)["error"]
+
+
+class CachefsDaemon:
+    """A real ``cai cachefs`` serving a local gocryptfs volume; its API on loopback TCP (``health_port``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        password = os.urandom(16).hex().encode() + b"\n"
+        self.weights = os.urandom(20000)
+        self.secrets = {"password": password.strip(), "plaintext": self.weights[:64]}
+        self._password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> CachefsDaemon:
+        from cachefs.encryptor import encrypt_directory
+
+        plain, cipher, self.mnt = self.root / "plain", self.root / "cipher", self.root / "model"
+        for directory in (plain, cipher, self.mnt):
+            directory.mkdir()
+        (plain / "weights.bin").write_bytes(self.weights)
+        encrypt_directory(plain, cipher, self._password)
+        key = self.root / "model-key"
+        key.write_bytes(self._password)
+        key.chmod(0o400)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CAI_", "MODEL_", "NOTIFY_SOCKET"))}
+        env.update(CAI_CACHEFS_HEALTH_PORT=str(port), CAI_CACHEFS_SOCKET=str(self.root / "cachefs.sock"))
+        self.log = open(self.root / "cachefs.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "cachefs", "--mount-point", str(self.mnt), "--cipher-dir",
+             str(cipher), "--key-file", str(key)], stdout=self.log, stderr=self.log, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise AssertionError("cai cachefs did not become ready: "
+                                     + (self.root / "cachefs.log").read_text()[-2000:])
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        subprocess.run(["umount", "-l", str(self.mnt)], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cachefs_daemon(tmp_path_factory) -> Iterator[CachefsDaemon]:
+    with CachefsDaemon(tmp_path_factory.mktemp("cachefs-api")) as daemon:
+        yield daemon
+
+
+CACHEFS_RUNS = _runs("cachefs.yaml")
+
+
+@pytest.mark.parametrize(("operation", "mode"), CACHEFS_RUNS, ids=[f"{op.label}-{m.value}" for op, m in CACHEFS_RUNS])
+def test_cachefs_api(cachefs_daemon, operation, mode):
+    """Every answer is documented, and none carries the volume password or model plaintext (not even a 200)."""
+    session = requests.Session()
+
+    @fuzz_settings(scale=0.1)
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case):
+        response = case.call(base_url=cachefs_daemon.url, session=session, timeout=30)
+        _check(cachefs_daemon, case, response)
+        for name, value in cachefs_daemon.secrets.items():
+            assert value not in response.content and value.hex().encode() not in response.content, name
+
+    try:
+        run()
+    finally:
+        session.close()
+    status = requests.get(f"{cachefs_daemon.url}/status", timeout=10).json()
+    assert status["mounted"] and status["source"], "control: the API answered for a mounted volume"

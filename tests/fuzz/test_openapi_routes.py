@@ -1,4 +1,4 @@
-"""docs/openapi/{aa,cdh}.yaml describe exactly the routes the apps register (both ways), so they cannot drift."""
+"""docs/openapi/{aa,cdh,cachefs}.yaml describe exactly the routes the apps register (both ways): no drift."""
 
 from __future__ import annotations
 
@@ -48,3 +48,10 @@ def test_cdh_document_matches_the_app(tmp_path):
     rest = build_cdh_app(hub, unsealer, HealthState(), Metrics(), on_demand=on_demand, rest_bridge=True)
     assert served(unix, rest) == documented("cdh.yaml")
     assert ("POST", "/cdh/unseal") not in served(rest)
+
+
+def test_cachefs_document_matches_the_app():
+    from cachefs.api import build_app as build_cachefs_app
+
+    app = build_cachefs_app(HealthState(), Metrics(), status=dict)
+    assert served(app) == documented("cachefs.yaml")
