@@ -12,15 +12,10 @@ body may contain the secret values (fresh random ones per run).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,17 +221,16 @@ class CachefsDaemon:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        password = os.urandom(16).hex().encode() + b"\n"
+        self._password = os.urandom(16).hex().encode() + b"\n"
         self.weights = os.urandom(20000)
-        self.secrets = {"password": password.strip(), "plaintext": self.weights[:64]}
-        self._password = password
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.secrets = {"password": self._password.strip(), "plaintext": self.weights[:64]}
 
     def __enter__(self) -> CachefsDaemon:
         from cachefs.encryptor import encrypt_directory
+        from tests.integration.test_cachefs_mount import Daemon
 
-        plain, cipher, self.mnt = self.root / "plain", self.root / "cipher", self.root / "model"
-        for directory in (plain, cipher, self.mnt):
+        plain, cipher = self.root / "plain", self.root / "cipher"
+        for directory in (plain, cipher):
             directory.mkdir()
         (plain / "weights.bin").write_bytes(self.weights)
         encrypt_directory(plain, cipher, self._password)
@@ -245,33 +239,17 @@ class CachefsDaemon:
         key.chmod(0o400)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CAI_", "MODEL_", "NOTIFY_SOCKET"))}
-        env.update(CAI_CACHEFS_HEALTH_PORT=str(port), CAI_CACHEFS_SOCKET=str(self.root / "cachefs.sock"))
-        self.log = open(self.root / "cachefs.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "cachefs", "--mount-point", str(self.mnt), "--cipher-dir",
-             str(cipher), "--key-file", str(key)], stdout=self.log, stderr=self.log, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise AssertionError("cai cachefs did not become ready: "
-                                     + (self.root / "cachefs.log").read_text()[-2000:])
-            time.sleep(0.1)
+        self.daemon = Daemon(cipher, self.root / "model", key, CAI_CACHEFS_HEALTH_PORT=str(port),
+                             CAI_CACHEFS_SOCKET=str(self.root / "cachefs.sock"))
+        try:
+            self.daemon.wait_ready()
+        except BaseException:
+            self.daemon.stop()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        subprocess.run(["umount", "-l", str(self.mnt)], check=False, capture_output=True)
+        self.daemon.stop()
 
 
 @pytest.fixture(scope="module")

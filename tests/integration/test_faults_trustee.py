@@ -60,6 +60,18 @@ def min_duration(config: KbsClientConfig) -> float:
     return total
 
 
+
+async def first_refresh_error(chain: Chain, what: str) -> str:
+    """Wait for model-key's ``last_refresh_error`` while checking the file stays and the hub stays ready."""
+
+    async def reported() -> str | None:
+        assert_files(chain)
+        assert (await chain.api("cdh", "/readyz"))[0] == 200
+        return (await cdh_status(chain))["model-key"]["last_refresh_error"]
+
+    return await eventually(reported, 30, what=what)
+
+
 async def test_trustee_unreachable_at_start_then_ready_without_restart(tmp_path: Path) -> None:
     options = ChainOptions(daemons=("aa",), trustee_up=False, args={"cdh": FAST_RETRY})
     async with Chain(tmp_path, options) as chain:
@@ -158,18 +170,8 @@ async def test_slow_trustee_is_cut_by_timeouts_and_retried(tmp_path: Path) -> No
         status, body = await chain.api("cdh", "/cdh/resource/default/aliyun/not-configured")
         assert status == 503, (status, body)
         assert "timed out after 3 s (attempt_timeout)" in json.loads(body)["error"] and a.api_url in body.decode()
-        seen: list[str] = []
-
-        async def refresh_timed_out() -> bool:
-            assert_files(chain)
-            assert (await chain.api("cdh", "/readyz"))[0] == 200
-            error = (await cdh_status(chain))["model-key"]["last_refresh_error"]
-            if error:
-                seen.append(error)
-            return bool(seen)
-
-        await eventually(refresh_timed_out, 30, what="a refresh cut by attempt_timeout")
-        assert "timed out after 3 s (attempt_timeout)" in seen[0] and a.api_url in seen[0], seen[0]
+        error = await first_refresh_error(chain, "a refresh cut by attempt_timeout")
+        assert "timed out after 3 s (attempt_timeout)" in error and a.api_url in error, error
         a.faults.clear()  # the Trustee answers in time again
 
         async def recovered() -> bool:
@@ -275,18 +277,8 @@ async def test_5xx_bursts_absorbed_or_reported_last_good_kept(tmp_path: Path) ->
         # A burst longer than the retry budget (2 refreshes x 4 tries): the refresh fails visibly,
         # the last good value stays on disk and the daemon stays ready; the next refresh recovers.
         a.faults.inject("resource", "status", status=503, count=8)
-        seen: list[str] = []
-
-        async def reported() -> bool:
-            assert_files(chain)
-            assert (await chain.api("cdh", "/readyz"))[0] == 200
-            error = (await cdh_status(chain))["model-key"]["last_refresh_error"]
-            if error:
-                seen.append(error)
-            return bool(seen)
-
-        await eventually(reported, 30, what="last_refresh_error during a long 503 burst")
-        assert f"KBS at {a.api_url} answered 503 to GET /kbs/v0/resource" in seen[0], seen[0]
+        error = await first_refresh_error(chain, "last_refresh_error during a long 503 burst")
+        assert f"KBS at {a.api_url} answered 503 to GET /kbs/v0/resource" in error, error
 
         async def recovered() -> bool:
             assert_files(chain)
