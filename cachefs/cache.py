@@ -623,11 +623,12 @@ class CachedSource(CiphertextSource):
         stream_buffer_pieces: int = 8,
         stream_patience: float = 1.0,
         stream_window_bytes: int = 16 << 20,
+        recheck_interval: float = 30.0,
     ) -> None:
         if max_fetch_bytes is None:
             max_fetch_bytes = MAX_OBJECT_SIZE
-        if not persist_delay > 0:
-            raise ValueError("CachedSource persist_delay must be positive")
+        if not persist_delay > 0 or not recheck_interval > 0:
+            raise ValueError("CachedSource persist_delay and recheck_interval must be positive")
         numbers = (download_concurrency, demand_concurrency, persist_every, max_fetch_bytes, readahead_chunks,
                    stream_piece_bytes, stream_buffer_pieces)
         if min(numbers) < 1:
@@ -660,6 +661,8 @@ class CachedSource(CiphertextSource):
         self._persisting: set[asyncio.Task[None]] = set()
         self.download_errors: list[str] = []
         self.passthrough_reason: str | None = None
+        self._recheck_interval = recheck_interval
+        self._revive_task: asyncio.Task[None] | None = None
         self.progress = DownloadProgress(self.metrics, location=source.name)
         self._retries = self.metrics.counter(
             "cachefs_download_retries_total", "Chunk fetches retried after a transient failure or short body."
@@ -1078,8 +1081,44 @@ class CachedSource(CiphertextSource):
             "ciphertext cache disabled; serving reads from the source directly",
             cache_dir=str(self._dir),
             reason=what,
-            hint="free space or point cache_dir at a larger disk, then restart cachefs to resume caching",
+            hint=(f"free space in cache_dir (caching resumes by itself once the rest of the volume fits; checked "
+                  f"every {self._recheck_interval:g} s) or point cache_dir at a larger disk and restart cachefs")
+            if kind == "disk_full" else "fix the cache disk, then restart cachefs to resume caching",
         )
+        if kind == "disk_full" and self._revive_task is None:
+            self._revive_task = asyncio.ensure_future(self._revive_when_room())
+
+    def _room_for_the_rest(self) -> tuple[bool, int, int]:
+        """(fits, free bytes, bytes still missing): does everything not yet cached fit, with a margin?"""
+        stats = os.statvfs(self._dir)
+        free = stats.f_bavail * stats.f_frsize
+        missing = max(0, int(self.progress.total_bytes) - int(self.progress.present_bytes))
+        # Margin: the small record files, and a little slack so the disk does not fill up to the byte.
+        return free >= missing + (1 << 20), free, missing
+
+    async def _revive_when_room(self) -> None:
+        """After "disk full": turn the cache back on once the rest of the volume fits, without a restart.
+
+        Only then: a cache that would fill up again would flap between on and off. Chunks whose
+        write failed were never marked present, so nothing half-written is ever served.
+        """
+        try:
+            while True:
+                await asyncio.sleep(self._recheck_interval)
+                try:
+                    fits, free, missing = await asyncio.to_thread(self._room_for_the_rest)
+                except OSError:
+                    continue
+                if fits:
+                    break
+            self.passthrough_reason = None
+            self._enabled.set(1)
+            log.info("ciphertext cache re-enabled", cache_dir=str(self._dir), free_bytes=free, missing_bytes=missing)
+            if self._download is not None and self._download.done():
+                self._download = None
+                self.start_download()
+        finally:
+            self._revive_task = None
 
     def _schedule_persist(self, obj: _Object) -> None:
         """Write ``obj``'s record soon; one writer per object, so an older record never wins."""
@@ -1203,6 +1242,10 @@ class CachedSource(CiphertextSource):
         return obj.data_path if obj is not None and obj.complete else None
 
     async def close(self) -> None:
+        if self._revive_task is not None:
+            self._revive_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._revive_task
         if self._download is not None and not self._download.done():
             self._download.cancel()
             with contextlib.suppress(asyncio.CancelledError):

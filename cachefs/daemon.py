@@ -78,6 +78,8 @@ CACHEFS_SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", str, default=DEFAULT_CACHE_DIR, doc="On-disk ciphertext cache for object storage "
             "(ciphertext only; a restart reuses it instead of downloading again).",
             validator=validators.absolute_path),
+    Setting("cache_recheck_interval", float, default=30.0, doc="After the cache disk filled up: seconds between "
+            "checks whether the rest of the volume fits again; caching then resumes without a restart."),
     Setting("download_mode", str, default="lazy", choices=("lazy", "eager"), doc="Object storage: 'lazy' mounts "
             "once the volume's metadata is read and downloads the rest in the background (reads of missing "
             "ranges are fetched first); 'eager' downloads the whole volume before mounting."),
@@ -140,6 +142,9 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise ConfigError("no mount point: set MODEL_MOUNT_POINT in cai.env or mount_point in [cachefs]")
     if settings["plaintext_cache_mb"] < 1 or settings["read_ahead_kb"] < 0 or settings["prefetch_chunks"] < 0:
         raise ConfigError("[cachefs] plaintext_cache_mb must be >= 1, read_ahead_kb and prefetch_chunks >= 0")
+    if not 0 < settings["cache_recheck_interval"] <= 3600:
+        raise ConfigError("[cachefs] cache_recheck_interval must be within (0, 3600] seconds, "
+                          f"not {settings['cache_recheck_interval']!r}")
     if not 0 < settings["read_timeout"] <= 3600:
         raise ConfigError(f"[cachefs] read_timeout must be within (0, 3600] seconds, not {settings['read_timeout']!r}")
     if not 1 <= settings["download_concurrency"] <= 64 or settings["download_run_mb"] < 0:
@@ -171,7 +176,8 @@ def build_source(settings: dict[str, Any], env: dict[str, Any], metrics: Metrics
     run_mb = settings["download_run_mb"]
     return CachedSource(source, settings["cache_dir"], metrics=metrics,
                         download_concurrency=settings["download_concurrency"],
-                        max_fetch_bytes=(run_mb << 20) if run_mb else None)
+                        max_fetch_bytes=(run_mb << 20) if run_mb else None,
+                        recheck_interval=settings["cache_recheck_interval"])
 
 
 async def wait_for_key(path: str, timeout: float, stop: asyncio.Event) -> bytes:

@@ -6,6 +6,7 @@ were made, hold a background request to order events without timing, and cut con
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import os
@@ -288,7 +289,7 @@ async def test_disk_full_falls_back_to_the_network(
     stream = io.StringIO()
     configure_logging(stream=stream, level="info")
     try:
-        cache = cached(proxy, tiny_disk / "cache", metrics)
+        cache = cached(proxy, tiny_disk / "cache", metrics, recheck_interval=0.1)
         await cache.list_tree()
         await cache.download_all()
         assert cache.passthrough_reason is not None and "disk full" in cache.passthrough_reason
@@ -298,10 +299,27 @@ async def test_disk_full_falls_back_to_the_network(
         for path, body in files.items():
             assert await cache.read_all(path) == body
         assert await cache.read("YmlnLW1vZGVs", BIG // 3, 4096) == big[BIG // 3 : BIG // 3 + 4096]
+        # Still too small: several rechecks pass and the cache stays off (no flapping).
+        await asyncio.sleep(0.5)
+        assert cache.passthrough_reason is not None and metric(metrics, "cachefs_cache_enabled") == 0
+        # The operator grows the disk: caching resumes by itself and the download completes.
+        subprocess.run(["mount", "-o", "remount,size=256m", str(tiny_disk)], check=True)  # BIG fits now
+        for _ in range(200):
+            if cache.passthrough_reason is None:
+                break
+            await asyncio.sleep(0.05)
+        assert cache.passthrough_reason is None and metric(metrics, "cachefs_cache_enabled") == 1
+        await cache.start_download()
+        assert cache.complete and not cache.download_errors
+        before = len(proxy.requests)
+        for path, body in files.items():  # served from the cache now: no request reaches the server
+            assert await cache.read_all(path) == body
+        assert len(proxy.requests) == before
         await cache.close()
     finally:
         reset_logging()
-    assert "ciphertext cache disabled" in stream.getvalue()
+    logs = stream.getvalue()
+    assert logs.count("ciphertext cache disabled") == 1 and "ciphertext cache re-enabled" in logs
 
 
 async def test_anonymous_access_to_a_public_read_bucket(

@@ -12,7 +12,7 @@ operators see is written down in docs/operations-faults.md ("Model storage (cach
   the exact plaintext.
 * killed mid-download: the chunks already recorded are reused; only the missing ranges are fetched.
 * cache disk full: reads stay exact (pass-through), one error line, ``cache_enabled`` false with the
-  reason in ``/status``, ``cachefs_cache_enabled 0``; a restart with room resumes caching.
+  reason in ``/status``, ``cachefs_cache_enabled 0``; once the disk has room, caching resumes without a restart.
 """
 
 from __future__ import annotations
@@ -159,13 +159,14 @@ async def test_sigkill_mid_download_reuses_the_partial_cache(tmp_path: Path, mot
         assert_no_secret_in_logs(chain)
 
 
-async def test_cache_disk_full_passes_reads_through_and_resumes_after_restart_with_room(
+async def test_cache_disk_full_passes_reads_through_and_resumes_when_there_is_room(
         tmp_path: Path, moto: MotoS3Server) -> None:  # noqa: F811
     small = tmp_path / "small-cache"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(small)], check=True)
     try:
-        async with objstore_chain(tmp_path, moto, env={"CAI_CACHEFS_CACHE_DIR": str(small)}) as oc:
+        env = {"CAI_CACHEFS_CACHE_DIR": str(small), "CAI_CACHEFS_CACHE_RECHECK_INTERVAL": "0.5"}
+        async with objstore_chain(tmp_path, moto, env=env) as oc:
             chain = oc.chain
             assert (chain.cipher / oc.keys[SHARD]).stat().st_size > 1 << 20  # the model does not fit
             await chain.start("cachefs")
@@ -181,13 +182,12 @@ async def test_cache_disk_full_passes_reads_through_and_resumes_after_restart_wi
             assert metrics['cachefs_cache_errors_total{kind="disk_full"}'] == 1
             assert metrics['cachefs_read_bytes_total{origin="network"}'] > 0
 
-            # Room again (the operator grows the volume), then a restart: caching resumes, and the
-            # partial data file of the full run is not trusted (it has no record).
-            await chain.stop("cachefs")
+            # Room again (the operator grows the volume): caching resumes by itself, no restart.
             subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
-            await chain.start("cachefs")
-            state = await eventually(lambda: _complete(chain), what="download complete after restart")
+            state = await eventually(lambda: _complete(chain), what="download complete after the disk grew")
             assert state["download"]["cache_enabled"] and state["cache_problem"] is None
+            assert chain.incarnations["cachefs"] == 1
+            assert [e for e in chain.log_events("cachefs") if e.get("event") == "ciphertext cache re-enabled"]
             assert await asyncio.to_thread(chain.read_model) == chain.digests
             assert (await chain.metrics("cachefs"))["cachefs_cache_enabled"] == 1
             assert chain.persisted([small]) == []
