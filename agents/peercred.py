@@ -37,6 +37,7 @@ import pwd
 import re
 import socket
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -190,12 +191,17 @@ def peer_guard(allowed: AllowedPeers, *, where: str, setting: str, metrics: Metr
     on the socket only.
     """
     own = os.geteuid() if own_uid is None else own_uid
+    # The kernel fixes a peer's credentials at connect(): a connection checked once is allowed for
+    # its lifetime (keep-alive clients then pay no syscalls per request). Refused ones are closed.
+    admitted: weakref.WeakSet[Any] = weakref.WeakSet()
     refused = metrics.counter(METRIC, "Unix-socket API requests refused because the peer's uid/gid is not in "
                               "allowed_peers")
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
+        if transport is not None and transport in admitted:
+            return await handler(request)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and sock.family != socket.AF_UNIX:
             return await handler(request)
@@ -211,6 +217,7 @@ def peer_guard(allowed: AllowedPeers, *, where: str, setting: str, metrics: Metr
             response.force_close()
             return response
         if allowed.allows(creds, own_uid=own):
+            admitted.add(transport)
             return await handler(request)
         refused.inc()
         logger.warning("http.peer_refused", socket=where, uid=creds.uid, gid=creds.gid, pid=creds.pid,

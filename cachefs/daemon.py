@@ -286,8 +286,8 @@ def _status(settings: dict[str, Any], source: CiphertextSource, probe: _MountPro
         # Files whose reads fail right now (EIO): the ciphertext object and the cause, so an operator
         # can tell "object storage unreachable" from "tampered block" without reading logs.
         out["read_errors"] = probe.ops.read_errors
-        out["failing"] = [{"object": f["file"], "error": f["error"], "failed_reads": f["count"]}
-                          for f in list(probe.ops.failing.values())[:10]]
+        out["failing"] = [{"object": f.file, "error": f.error, "failed_reads": f.count}
+                          for f in probe.ops.failing_now()[:10]]
     progress = getattr(source, "progress", None)
     if progress is not None:
         task = getattr(source, "_download", None)

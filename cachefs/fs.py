@@ -34,6 +34,21 @@ BLKSIZE = 1 << 20
 HASH_CHUNK = 4 << 20
 
 
+#: Seconds after its latest failure that a file stays in ``/status`` ``failing`` without a new one.
+FAILING_FOR = 300.0
+
+
+@dataclass
+class ReadFailure:
+    """The latest failure of one file (for ``/status``), and when its log line was last written."""
+
+    file: str  # ciphertext object key
+    error: str = ""
+    count: int = 0
+    last: float = 0.0  # time.monotonic() of the latest failure
+    logged_at: float | None = None
+
+
 @dataclass(frozen=True)
 class FsOptions:
     """Behaviour knobs of the filesystem (from the daemon's settings)."""
@@ -77,7 +92,7 @@ class CachefsOperations(pyfuse3.Operations):
         self._sorted_children: dict[int, list[tuple[bytes, int]]] = {}
         #: Reads answered with EIO, and the latest failure per file still failing (for ``/status``).
         self.read_errors = 0
-        self.failing: dict[int, dict[str, object]] = {}
+        self.failing: dict[int, ReadFailure] = {}
         self.on_read_error: Callable[[], None] | None = None
 
     # -- attributes -------------------------------------------------------------------------------
@@ -206,8 +221,19 @@ class CachefsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if self.failing and inode in self.failing:
             failed = self.failing.pop(inode)
-            log.info("cachefs.read_recovered", file=failed["file"], failed_reads=failed["count"])
+            log.info("cachefs.read_recovered", file=failed.file, failed_reads=failed.count)
         return data
+
+    def failing_now(self) -> list[ReadFailure]:
+        """Files whose latest read or open failed within :data:`FAILING_FOR` seconds (oldest dropped).
+
+        A file leaves the list on its next good read, or when nobody has failed on it for that
+        long (the application gave up, or never came back): "failing" means now, not ever.
+        """
+        now = time.monotonic()
+        for inode in [i for i, f in self.failing.items() if now - f.last > FAILING_FOR]:
+            del self.failing[inode]
+        return list(self.failing.values())
 
     def _read_failed(self, inode: int, exc: CachefsError) -> None:
         """Count an EIO; log the first failure of a file and then at most one line per file every 30 s.
@@ -220,16 +246,13 @@ class CachefsOperations(pyfuse3.Operations):
             self.on_read_error()
         node = self.nodes[inode]
         now = time.monotonic()
-        entry = self.failing.get(inode)
-        if entry is None:
-            entry = self.failing[inode] = {"file": node.cipher_path, "count": 0, "logged_at": None}
-        entry["count"] = int(entry["count"]) + 1  # type: ignore[call-overload]
-        entry["error"] = exc.message
-        entry["time"] = time.time()
-        last = entry["logged_at"]
-        if last is None or now - float(last) >= 30.0:  # type: ignore[arg-type]
-            entry["logged_at"] = now
-            log.error("cachefs.read_failed", file=node.cipher_path, error=exc.message, failed_reads=entry["count"],
+        entry = self.failing.setdefault(inode, ReadFailure(node.cipher_path))
+        entry.count += 1
+        entry.error = exc.message
+        entry.last = now
+        if entry.logged_at is None or now - entry.logged_at >= 30.0:
+            entry.logged_at = now
+            log.error("cachefs.read_failed", file=node.cipher_path, error=exc.message, failed_reads=entry.count,
                       hint="the application got EIO (never unauthenticated bytes); it can retry the read")
 
     async def release(self, fh: int) -> None:

@@ -147,14 +147,19 @@ class FileReader:
                 return os.pread(self._fd, length, offset)
             except OSError as exc:
                 raise ReadError(f"{self.node.cipher_path}: ciphertext read failed: {exc.strerror}") from None
+        # The deadline bounds what the application waits for: a store that accepts connections but
+        # never answers would otherwise hold the read for the sum of every retry window. A cached
+        # source keeps fetching the chunk in the background (its fetch is shielded). A timeout
+        # context, unlike wait_for on 3.11, adds no task per read.
+        deadline = asyncio.timeout(self.read_timeout)
         try:
-            # The deadline bounds what the application waits for: a store that accepts connections
-            # but never answers would otherwise hold the read for the sum of every retry window. A
-            # cached source keeps fetching the chunk in the background (its fetch is shielded).
-            return await asyncio.wait_for(self.source.read(self.node.cipher_path, offset, length), self.read_timeout)
+            async with deadline:
+                return await self.source.read(self.node.cipher_path, offset, length)
         except SourceError as exc:
             raise ReadError(f"{self.node.cipher_path}: ciphertext read failed: {exc}") from None
         except TimeoutError:
+            if not deadline.expired():  # a timeout of the source's own, not our deadline
+                raise ReadError(f"{self.node.cipher_path}: ciphertext read failed: timed out") from None
             raise ReadError(f"{self.node.cipher_path}: no ciphertext from {self.source.name} within "
                             f"{self.read_timeout:g} s", hint="object storage is slow or unreachable; the read can be "
                             "retried (read_timeout in [cachefs])") from None

@@ -131,12 +131,17 @@ class AttestedCertManager:
         log.info("gateway.cert.refreshed", size=len(der), attested=record is not None, alpn=self.alpn,
                  binding=self.binding)
 
+    @property
+    def stale(self) -> bool:
+        """True once new handshakes are refused: the attested certificate is older than ``max_age``."""
+        return self.provider is not None and self._context is not None and self.age > self.max_age
+
     def probe(self) -> tuple[bool, str]:
         """Readiness of this egress: ``(ok, detail)``; not ready once new handshakes would be refused."""
         if self._context is None:
             return False, "no attested certificate yet"
         age = self.age
-        if self.provider is not None and age > self.max_age:
+        if self.stale:
             return False, (f"attested certificate is {age:.0f} s old (max_age {self.max_age:.0f} s): new connections "
                            f"are refused; last refresh error: {self.last_error}")
         if self.last_error is not None:

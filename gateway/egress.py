@@ -160,12 +160,11 @@ class Egress:
                          peer: object) -> asyncio.BaseTransport | None:
         """Server-side rats-tls handshake on ``raw``; a failure is logged as a rejected peer and closes it."""
         loop = asyncio.get_running_loop()
-        refused_before = self.certs.refused
         try:
             tls = await loop.start_tls(raw, protocol, self.certs.context, server_side=True,  # type: ignore[arg-type]
                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            if self.certs.refused != refused_before:  # we aborted it: our evidence is too old, not the peer's fault
+            if self.certs.stale:  # we aborted it: our evidence is too old, not the peer's fault
                 listener.cx_failed.inc()  # the reason is logged by gateway.cert.expired (rate-limited)
             else:
                 self._reject(listener, peer, f"rats-tls handshake failed: {type(exc).__name__}: "

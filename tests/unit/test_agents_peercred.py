@@ -260,3 +260,31 @@ async def test_guard_is_for_unix_sites_only() -> None:
     guard = peer_guard(parse(""), where="x", setting="x", metrics=Metrics(), logger=get_logger("peercred.test"))
     with pytest.raises(ValueError, match="Unix-socket sites only"):
         await start_site(make_app(), host="127.0.0.1", port=0, peer_guard=guard)
+
+
+async def test_guard_checks_a_keep_alive_connection_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials are fixed at connect(): one check per connection; a new connection is checked again."""
+    from agents import peercred
+
+    reads: list[int] = []
+    real = peercred.read_peer_credentials
+
+    def counting(sock):
+        reads.append(1)
+        return real(sock)
+
+    monkeypatch.setattr(peercred, "read_peer_credentials", counting)
+    sock = str(tmp_path / "api.sock")
+    guard = peer_guard(parse(""), where=sock, setting="x", metrics=Metrics(), logger=get_logger("peercred.test"))
+    runner = await start_site(make_app(), unix_path=sock, peer_guard=guard)
+    try:
+        async with unix_session(sock) as session:
+            for _ in range(3):
+                async with session.get("http://localhost/secret") as resp:
+                    assert resp.status == 200 and await resp.read() == b"resource-bytes"
+        assert len(reads) == 1, "one keep-alive connection, one credential check"
+        async with unix_session(sock) as session, session.get("http://localhost/secret") as resp:
+            assert resp.status == 200
+        assert len(reads) == 2, "a new connection is checked again"
+    finally:
+        await runner.cleanup()

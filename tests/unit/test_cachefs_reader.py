@@ -233,3 +233,24 @@ async def test_key_wait_fails_closed(tmp_path: Path) -> None:
         await wait_for_key(str(tmp_path / "missing"), 0.3, asyncio.Event())
     (tmp_path / "k").write_bytes(b"pw\n")
     assert await wait_for_key(str(tmp_path / "k"), 1, asyncio.Event()) == b"pw\n"
+
+
+async def test_failing_files_expire_from_status(volume_dir: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/status`` "failing" means now: a good read clears a file, and so does FAILING_FOR without a new failure."""
+    from cachefs import fs
+
+    vol = await open_volume(LocalDirSource(volume_dir[1]), PW)
+    ops = fs.CachefsOperations(vol, fs.FsOptions())
+    big, small = _find(vol, b"big.bin"), next(n for n in vol.tree.nodes.values() if n.kind == "file"
+                                              and n.name != b"big.bin")
+    clock = [1000.0]
+    monkeypatch.setattr(fs.time, "monotonic", lambda: clock[0])
+    ops._read_failed(big.inode, CachefsError("no ciphertext from the store within 2 s"))
+    clock[0] += fs.FAILING_FOR / 2
+    ops._read_failed(small.inode, CachefsError("GET failed"))
+    ops._read_failed(small.inode, CachefsError("GET failed again"))
+    assert {(f.file, f.count, f.error) for f in ops.failing_now()} == {
+        (big.cipher_path, 1, "no ciphertext from the store within 2 s"), (small.cipher_path, 2, "GET failed again")}
+    clock[0] += fs.FAILING_FOR / 2 + 1  # big's failure is now older than FAILING_FOR; small's is not
+    assert [f.file for f in ops.failing_now()] == [small.cipher_path]
+    assert ops.read_errors == 3  # the total count is not forgotten
