@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agents import validators
+from agents import jsonutil, validators
 from agents.envfile import load_env_file
 from agents.errors import ConfigError
 from agents.settings import REQUIRED, Setting, coerce, parse_settings
@@ -58,13 +58,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"invalid TOML in {source}: nested too deeply") from None
     else:
         try:
-            parsed = json.loads(text)
+            parsed = jsonutil.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"invalid JSON in {source}: {exc.msg} (at line {exc.lineno}, column {exc.colno})"
             ) from None
-        except RecursionError:
-            raise ConfigError(f"invalid JSON in {source}: nested too deeply") from None
     if not isinstance(parsed, dict):
         raise ConfigError(f"{source}: the top level must be an object/table, not {type(parsed).__name__}")
     return parsed

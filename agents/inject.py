@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import __version__, validators
+from agents import __version__, jsonutil, validators
 from agents.errors import ConfigError
 
 ANNOTATION = "caiOptions"
@@ -151,8 +151,8 @@ def parse_cai_options(value: Any) -> CaiOptions:
     """Validate the annotation (its JSON text, or the parsed object); every key is checked."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except (ValueError, RecursionError) as exc:
+            value = jsonutil.loads(value)
+        except ValueError as exc:
             raise InjectError(f"caiOptions is not valid JSON: {exc}",
                               hint='write it as a JSON object, e.g. {"trustee-address": "http://..."}') from None
     if not isinstance(value, dict):
@@ -494,11 +494,9 @@ def load_documents(text: str) -> tuple[list[Any], str]:
         raise InjectError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     if text.lstrip().startswith(("{", "[")):
         try:
-            value = json.loads(text)
+            value = jsonutil.loads(text)
         except ValueError as exc:
             raise InjectError(f"manifest is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InjectError("manifest JSON is nested too deeply") from None
         return (value if isinstance(value, list) else [value]), "json"
     yaml = _yaml()
     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents import jsonutil
 from agents.healthcheck import parse_target, probe
 
 
@@ -34,8 +35,8 @@ def endpoints(run_dir: str, gateway: str) -> list[DaemonEndpoint]:
 
 def _summary(name: str, body: str) -> str:
     try:
-        info: Any = json.loads(body)
-    except (ValueError, RecursionError):
+        info: Any = jsonutil.loads(body)
+    except ValueError:
         return ""
     if name == "attestation-agent" and isinstance(info, dict):
         extra = info.get("additional_tees") or []
@@ -67,9 +68,9 @@ def collect(run_dir: str, gateway: str, timeout: float) -> list[dict[str, Any]]:
         detail = ""
         if code != 200:
             try:
-                failing = json.loads(body).get("failing") or {}
+                failing = jsonutil.loads(body).get("failing") or {}
                 detail = "; ".join(f"{k}: {v}" for k, v in failing.items())
-            except (ValueError, AttributeError, RecursionError):
+            except (ValueError, AttributeError):
                 detail = body[:200]
         elif endpoint.status_path:
             try:

@@ -6,12 +6,12 @@ access without touching the TEE interfaces itself (CoCo's CDH does the same over
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
+from agents import jsonutil
 from agents.http import BodyTooLarge, read_body_limited, unix_session
 from attestation_agent.errors import AttestationError, EvidenceError, ProtocolError
 from attestation_agent.kbs.client import connection_failure
@@ -52,8 +52,8 @@ class AaClient:
                 body = await read_body_limited(resp, MAX_EVIDENCE, what=f"attestation agent response to {path}")
                 if resp.status != 200:
                     try:
-                        message = json.loads(body).get("error", "")
-                    except (ValueError, AttributeError, RecursionError):
+                        message = jsonutil.loads(body).get("error", "")
+                    except (ValueError, AttributeError):
                         message = ""
                     raise EvidenceError(f"attestation agent answered {resp.status} to {path}: {message}"[:500])
                 return body
@@ -71,9 +71,9 @@ class AaClient:
     async def tee_type(self) -> str:
         if self._tee is None:
             try:
-                info = json.loads(await self._get("/aa/tee"))
+                info = jsonutil.loads(await self._get("/aa/tee"))
                 self._tee = str(info["tee"])
-            except (ValueError, KeyError, TypeError, RecursionError):
+            except (ValueError, KeyError, TypeError):
                 raise ProtocolError("attestation agent /aa/tee answer is malformed") from None
         return self._tee
 
@@ -94,8 +94,8 @@ class AaClient:
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
         raise ProtocolError(f"attestation agent {what} is not JSON") from None
     if not isinstance(obj, dict):
         raise AttestationError(f"attestation agent {what} is not a JSON object")

@@ -13,6 +13,7 @@ import json
 
 from aiohttp import web
 
+from agents import jsonutil
 from agents.health import HealthState, Metrics, add_health_routes
 from agents.http import error_middleware, json_error, loopback_only
 from agents.logsetup import get_logger
@@ -92,8 +93,8 @@ async def post_aael(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > 4 * MAX_EVENT_FIELD:
         return json_error(413, "runtime measurement event is too large")
     try:
-        obj = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsonutil.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
         return json_error(400, "body must be JSON {domain, operation, content[, register_index]}")
     if not isinstance(obj, dict):
         return json_error(400, "body must be a JSON object")

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents import jsonutil
 from agents.health import Metrics
 from agents.logsetup import get_logger
 from agents.retry import Backoff, retry_call
@@ -207,8 +208,8 @@ def decode_record(data: bytes) -> ChunkRecord:
     if len(data) > MAX_RECORD_BYTES:
         raise CacheRecordError(f"cache record is {len(data)} bytes, more than {MAX_RECORD_BYTES}")
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = jsonutil.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise CacheRecordError(f"cache record is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise CacheRecordError("cache record must be a JSON object")

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agents import jsonutil
 from cachefs.errors import ManifestError
 
 MANIFEST_NAME = "cai-manifest.json"
@@ -66,8 +67,8 @@ def parse_manifest(data: bytes, expected_digest: str | None, where: str = MANIFE
                                 hint="the manifest was replaced, or the digest in Trustee belongs to another "
                                      "volume; re-run the encryptor and store its digest")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        obj = jsonutil.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise ManifestError(f"{where} is not valid JSON") from None
     if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT or not isinstance(obj.get("files"), dict):
         raise ManifestError(f"{where} is not a {MANIFEST_FORMAT} manifest")

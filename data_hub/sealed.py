@@ -28,6 +28,7 @@ from jwcrypto import jwk as jose_jwk
 from jwcrypto import jws as jose_jws
 from jwcrypto.common import JWException
 
+from agents import jsonutil
 from attestation_agent.kbs.encoding import b64url_decode, b64url_encode
 from data_hub.errors import SealedSecretError, SignatureError
 
@@ -101,8 +102,8 @@ def _b64url(part: str, what: str) -> bytes:
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsonutil.loads(data)
+    except (ValueError, UnicodeDecodeError):
         raise SealedSecretError(f"sealed secret {what} is not JSON") from None
     if not isinstance(obj, dict):
         raise SealedSecretError(f"sealed secret {what} is not a JSON object")

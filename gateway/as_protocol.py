@@ -10,10 +10,10 @@ token, where the verifier finds the key binding again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from agents import jsonutil
 from attestation_agent.kbs.encoding import b64url_encode
 from gateway.errors import CertFormatError
 from gateway.ratls_cert import EvidenceRecord
@@ -50,10 +50,10 @@ def error_text(body: bytes) -> str:
     """A short, printable excerpt of an AS error answer (Problem Details JSON or text)."""
     text = body[:4096].decode("utf-8", "replace")
     try:
-        obj = json.loads(text)
+        obj = jsonutil.loads(text)
         if isinstance(obj, dict):
             text = str(obj.get("detail") or obj.get("message") or obj.get("title") or text)
-    except (ValueError, RecursionError):
+    except ValueError:
         pass
     text = " ".join(text.split())
     return text[:MAX_AS_ERROR]

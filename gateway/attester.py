@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from agents import jsonutil
 from agents.http import BodyTooLarge, read_body_limited
 from attestation_agent.aa_client import AaClient
 from attestation_agent.errors import AttestationError
@@ -83,8 +84,8 @@ class AsrEvidenceProvider:
 
     async def tee_type(self) -> str:
         try:
-            tee = json.loads(await self._get("/info"))["tee"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+            tee = jsonutil.loads(await self._get("/info"))["tee"]
+        except (ValueError, KeyError, TypeError):
             raise EvidenceUnavailable(f"ASR {self.base}/info did not answer {{\"tee\": ...}}") from None
         return str(tee)
 

@@ -13,12 +13,12 @@ cai.env ``MODEL_SERVICE_PORT`` and the caiOptions annotation ``tng-http-secure-p
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents import jsonutil
 from gateway.errors import GatewayConfigError
 
 DEFAULT_SO_MARK = 565
@@ -568,8 +568,8 @@ def parse_config_json(text: str | bytes) -> GatewayConfig:
     if len(text) > MAX_CONFIG_BYTES:
         raise _fail("", f"config is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        value = jsonutil.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayConfigError(f"gateway config is not valid JSON: {exc}") from None
     return parse_config(value)
 
@@ -583,8 +583,8 @@ def parse_secure_ports(cai_options: Mapping[str, Any] | str | None) -> tuple[int
         return ()
     if isinstance(cai_options, str):
         try:
-            cai_options = json.loads(cai_options)
-        except (ValueError, RecursionError):
+            cai_options = jsonutil.loads(cai_options)
+        except ValueError:
             raise GatewayConfigError("caiOptions is not valid JSON") from None
     if not isinstance(cai_options, Mapping):
         raise GatewayConfigError("caiOptions must be a JSON object")

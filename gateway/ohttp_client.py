@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from agents import jsonutil
 from gateway import bhttp
 from gateway.as_protocol import record_from_json_evidence
 from gateway.errors import CertFormatError, GatewayError, VerificationFailed
@@ -69,14 +70,13 @@ class OhttpClient:
         if status == 404:
             return "dummy nonce"  # an AS without /challenge (TNG does the same)
         try:
-            import json
 
-            obj = json.loads(body)
+            obj = jsonutil.loads(body)
             extra = obj.get("extra-params") or obj.get("extra_params")
             if isinstance(extra, dict) and isinstance(extra.get("jwt"), str):
                 return str(extra["jwt"])
             return str(obj["nonce"])
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise VerificationFailed(f"attestation service challenge answer is malformed ({status})") from None
 
     async def key_config(self, target: str) -> KeyConfig:
@@ -103,15 +103,14 @@ class OhttpClient:
                                        f"{raw[:200].decode('utf-8', 'replace')}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise GatewayError(f"cannot reach the OHTTP egress {target}: {type(exc).__name__}") from None
-        import json
 
         try:
-            obj = json.loads(raw)
+            obj = jsonutil.loads(raw)
             hpke_key_config = obj["hpke_key_config"]
             expire = float(hpke_key_config["expire_timestamp"])
             configs = decode_key_config_list(base64.b64decode(hpke_key_config["encoded_key_config_list"]))
             info = obj.get("attestation_info")
-        except (ValueError, KeyError, TypeError, OhttpError, RecursionError):
+        except (ValueError, KeyError, TypeError, OhttpError):
             raise VerificationFailed(f"egress {target} key-config answer is malformed") from None
         if not configs:
             raise VerificationFailed(f"egress {target} offered no HPKE key")

@@ -13,7 +13,6 @@ for twice that long.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from agents import jsonutil
 from agents.logsetup import get_logger
 from attestation_agent.kbs.canonical import canonical_json, runtime_data_digest
 from gateway import bhttp
@@ -162,9 +162,9 @@ class OhttpEgress:
         if len(raw) > MAX_KEY_CONFIG_BODY:
             raise OhttpError("key-config request is too large", 413)
         try:
-            body = json.loads(raw or b"{}")
+            body = jsonutil.loads(raw or b"{}")
             attestation_request = body.get("attestation_request") if isinstance(body, dict) else None
-        except (ValueError, RecursionError):
+        except ValueError:
             raise OhttpError("key-config request body is not JSON") from None
         key = self.keys.current()
         hpke_key_config = {"expire_timestamp": self.keys.expire_timestamp(key),

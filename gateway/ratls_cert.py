@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
+from agents import jsonutil
 from attestation_agent.kbs.canonical import canonical_json
 from gateway.errors import CertFormatError
 
@@ -72,8 +72,8 @@ class EvidenceRecord:
     def runtime_data_object(self) -> dict[str, Any]:
         """``aa_runtime_data`` parsed; it must be a JSON object (structured runtime data)."""
         try:
-            value = json.loads(self.aa_runtime_data)
-        except (ValueError, RecursionError):
+            value = jsonutil.loads(self.aa_runtime_data)
+        except ValueError:
             raise CertFormatError("rats-tls evidence: aa_runtime_data is not JSON") from None
         if not isinstance(value, dict):
             raise CertFormatError("rats-tls evidence: aa_runtime_data is not a JSON object")

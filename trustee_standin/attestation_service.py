@@ -17,13 +17,13 @@ leaf certificate under the stand-in's test root CA, with the chain in ``jwk.x5c`
 from __future__ import annotations
 
 import base64
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from agents import jsonutil
 from agents.logsetup import get_logger
 from attestation_agent.kbs.canonical import HASH_ALGORITHMS, runtime_data_digest
 from attestation_agent.kbs.encoding import b64url_decode
@@ -91,8 +91,8 @@ def _individual(obj: Any, *, flat: bool) -> VerificationRequest:
     except ValueError:
         raise AsRequestError("base64 decode evidence failed: use base64url without padding") from None
     try:
-        evidence = json.loads(evidence_bytes)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        evidence = jsonutil.loads(evidence_bytes)
+    except (ValueError, UnicodeDecodeError):
         evidence = evidence_bytes  # the verifier decides; the sample verifier rejects non-JSON
     raw, structured, kind = _data(obj.get("runtime_data"), "runtime_data")
     if kind == "structured":
@@ -106,8 +106,8 @@ def _individual(obj: Any, *, flat: bool) -> VerificationRequest:
 def parse_attestation_request(body: bytes, accepted: str) -> tuple[list[VerificationRequest], list[str]]:
     """Parse either request shape; ``accepted`` is the config's ``as_api``."""
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
         raise AsRequestError("Json deserialize error: body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise AsRequestError("Json deserialize error: body must be a JSON object")

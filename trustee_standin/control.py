@@ -10,10 +10,9 @@ Lets a test in another process, or a shell script, arm faults and read per-route
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
+from agents import jsonutil
 from trustee_standin.body import read_body
 from trustee_standin.errors import KbsHttpError
 from trustee_standin.faults import Fault
@@ -31,12 +30,12 @@ async def faults(request: web.Request) -> web.Response:
         return web.json_response({"pending": []})
     try:
         body = await read_body(request)
-        obj = json.loads(body)
+        obj = jsonutil.loads(body)
         items = obj["faults"] if isinstance(obj, dict) and "faults" in obj else [obj]
         if not isinstance(items, list):
             raise ValueError("'faults' must be a list")
         parsed = [Fault.from_json(item) for item in items]
-    except (ValueError, TypeError, KbsHttpError, RecursionError) as exc:
+    except (ValueError, TypeError, KbsHttpError) as exc:
         return web.json_response({"error": f"invalid fault: {exc}"}, status=400)
     for fault in parsed:
         injector.add(fault)

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agents import jsonutil
+
 ROUTES = frozenset({
     "auth", "attest", "resource", "resources", "admin",
     "as", "certificate", "challenge", "health", "services-health",
@@ -156,8 +158,8 @@ def _truncate(response: web.StreamResponse) -> web.StreamResponse:
     if not isinstance(response.body, bytes):
         return response
     try:
-        obj = json.loads(response.body)
-    except (ValueError, RecursionError):
+        obj = jsonutil.loads(response.body)
+    except ValueError:
         obj = None
     if isinstance(obj, dict) and isinstance(obj.get("ciphertext"), str):
         obj["ciphertext"] = obj["ciphertext"][: max(0, len(obj["ciphertext"]) - 22)]

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from jwcrypto import jwe as jose_jwe
 from jwcrypto import jwk as jose_jwk
 
+from agents import jsonutil
 from attestation_agent.errors import JweError
 from attestation_agent.kbs.dialect import Dialect
 from attestation_agent.kbs.encoding import b64url_decode, b64url_encode, int_to_b64url
@@ -44,8 +45,8 @@ def _load(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
         if len(body) > MAX_JWE_SIZE:
             raise JweError(f"JWE response is larger than {MAX_JWE_SIZE} bytes")
         try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            obj = jsonutil.loads(body)
+        except (ValueError, UnicodeDecodeError):
             raise JweError("resource response is not a JSON JWE object") from None
     if not isinstance(obj, dict):
         raise JweError("resource response is not a JSON JWE object")
@@ -69,8 +70,8 @@ def _protected_header(protected: str) -> tuple[dict[str, Any], bool]:
         except (ValueError, UnicodeDecodeError):
             raise JweError("JWE protected header is neither JSON nor base64url JSON") from None
     try:
-        header = json.loads(text)
-    except (ValueError, RecursionError):
+        header = jsonutil.loads(text)
+    except ValueError:
         raise JweError("JWE protected header is not valid JSON") from None
     if not isinstance(header, dict):
         raise JweError("JWE protected header is not a JSON object")

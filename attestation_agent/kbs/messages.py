@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from agents import jsonutil
 from attestation_agent.errors import ProtocolError
 from attestation_agent.kbs.dialect import Dialect
 
@@ -29,8 +30,8 @@ def _json(body: bytes | str, what: str) -> Any:
     if len(body) > MAX_MESSAGE:
         raise ProtocolError(f"{what} is larger than {MAX_MESSAGE} bytes")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
         raise ProtocolError(f"{what} is not valid JSON") from None
 
 
@@ -182,8 +183,8 @@ def error_body(variant: str, detail: str) -> dict[str, str]:
 def parse_error(body: bytes | str) -> ErrorInfo | None:
     """Best-effort parse of an error body; None when it is not one of the known shapes."""
     try:
-        obj = json.loads(body[:MAX_MESSAGE])
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsonutil.loads(body[:MAX_MESSAGE])
+    except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict):
         return None

@@ -6,9 +6,9 @@ needs ``exp`` to decide when to re-attest, so the claims are decoded, bounded an
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from agents import jsonutil
 from attestation_agent.errors import ProtocolError
 from attestation_agent.kbs.encoding import b64url_decode
 
@@ -23,9 +23,9 @@ def unverified_claims(token: str) -> dict[str, Any]:
     if len(parts) != 3:
         raise ProtocolError("attestation token is not a compact JWS (expected 3 dot-separated parts)")
     try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        header = jsonutil.loads(b64url_decode(parts[0]))
+        claims = jsonutil.loads(b64url_decode(parts[1]))
+    except (ValueError, UnicodeDecodeError):
         raise ProtocolError("attestation token header or claims are not base64url JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise ProtocolError("attestation token header or claims are not JSON objects")

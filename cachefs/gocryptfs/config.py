@@ -24,6 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from agents import jsonutil
 from cachefs.errors import UnsupportedVolumeError, VolumeFormatError, WrongPasswordError
 from cachefs.gocryptfs.keys import INFO_GCM_CONTENT, MASTER_KEY_LEN, hkdf_sha256
 
@@ -117,8 +118,8 @@ def parse_config(data: bytes, where: str = CONF_NAME) -> VolumeConfig:
         raise VolumeFormatError(f"{where} is {len(data)} bytes, larger than any real gocryptfs.conf",
                                 hint="point cachefs at a gocryptfs cipher directory")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        obj = jsonutil.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise VolumeFormatError(f"{where} is not valid JSON", hint="is this a gocryptfs cipher directory?") from None
     if not isinstance(obj, dict):
         raise VolumeFormatError(f"{where}: top level must be a JSON object")
