@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from jwcrypto import jwk as jose_jwk
 from jwcrypto import jws as jose_jws
 
+from agents import jsonutil
 from gateway.errors import VerificationFailed
 
 EAR_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
@@ -178,7 +178,7 @@ def verify_token(token: str, *, anchors: Sequence[x509.Certificate], policy_ids:
     _check_chain(jwk_obj.get("x5c"), key, anchors, datetime.datetime.fromtimestamp(now, datetime.UTC))
     try:
         parsed.verify(key, alg=alg)
-        claims = json.loads(parsed.payload)
+        claims = jsonutil.loads(parsed.payload)
     except Exception:
         raise VerificationFailed("attestation token signature does not verify") from None
     if not isinstance(claims, dict):

@@ -6,7 +6,6 @@ verified against the configured public key; ``insecure_api = true`` turns the ch
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwcrypto import jwk as jose_jwk
 from jwcrypto import jws as jose_jws
 
+from agents import jsonutil
 from agents.errors import ConfigError
 from trustee_standin.errors import KbsHttpError
 
@@ -47,7 +47,7 @@ class AdminAuth:
         try:
             token.deserialize(authorization[len("Bearer "):].strip())
             token.verify(self._key, alg="EdDSA")
-            claims = json.loads(token.payload)
+            claims = jsonutil.loads(token.payload)
         except Exception:  # jwcrypto raises several types; all mean "not a valid admin token"
             raise _admin_error("admin token signature is invalid") from None
         exp = claims.get("exp") if isinstance(claims, dict) else None

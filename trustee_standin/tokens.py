@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk as jose_jwk
 from jwcrypto import jws as jose_jws
 
+from agents import jsonutil
 from agents.errors import CaiError
 from attestation_agent.kbs.encoding import b64url_encode, int_to_b64url
 from trustee_standin.ca import Signer
@@ -141,7 +142,7 @@ class TokenService:
             raise TokenError(f"token algorithm {alg!r} is not one this service signs with")
         try:
             parsed.verify(jose_jwk.JWK.from_pyca(signer.key.public_key()), alg=alg)
-            claims = json.loads(parsed.payload)
+            claims = jsonutil.loads(parsed.payload)
         except Exception:
             raise TokenError("token signature does not verify against the stand-in's signing key") from None
         if not isinstance(claims, dict):
