@@ -15,6 +15,12 @@ class AttestationError(CaiError):
     http_status = 500
 
 
+class UnsupportedTokenTypeError(AttestationError):
+    """A token type the agent does not issue was asked for (the client's mistake)."""
+
+    http_status = 400
+
+
 class EvidenceError(AttestationError):
     """The TEE evidence could not be produced (hardware interface missing or misbehaving)."""
 

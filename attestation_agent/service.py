@@ -12,7 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from agents.health import Metrics
 from agents.logsetup import get_logger
 from attestation_agent.attesters.base import Attester, DeviceAttester, MeasurementResult, RuntimeEvent
-from attestation_agent.errors import AttestationError, KbsAttestationRejectedError, KbsNotConfiguredError
+from attestation_agent.errors import (
+    AttestationError,
+    KbsAttestationRejectedError,
+    KbsNotConfiguredError,
+    UnsupportedTokenTypeError,
+)
 from attestation_agent.evidence import LocalEvidence
 from attestation_agent.kbs.client import KbsClient, KbsClientConfig
 
@@ -74,8 +79,8 @@ class AttestationAgent:
     async def token(self, token_type: str) -> bytes:
         """CoCo ``GetToken``: for ``kbs`` the JSON ``{"token", "tee_keypair"}`` (a secret)."""
         if token_type not in TOKEN_TYPES:
-            raise AttestationError(f"token type {token_type!r} is not supported",
-                                   hint="supported: " + ", ".join(TOKEN_TYPES))
+            raise UnsupportedTokenTypeError(f"token type {token_type[:32]!r} is not supported",
+                                            hint="supported: " + ", ".join(f"token_type={t}" for t in TOKEN_TYPES))
         started = time.monotonic()
         try:
             attestation = await self._client().attestation()
