@@ -9,7 +9,6 @@ exit 1) → API socket(s) → fetch every resource concurrently, retrying while 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -88,13 +87,7 @@ async def serve(config: HubConfig, *, pool: TrusteePool | None = None) -> int:
         if default_trustee is None:
             raise ResourceUnavailableError(f"no Trustee configured to fetch {uri}",
                                            hint="set TRUSTEE_URL or sealed_trustee_url")
-        try:  # an API client waits for this: same bound as a background fetch attempt
-            async with asyncio.timeout(settings["attempt_timeout"]):
-                return await pool.fetch(default_trustee, uri)
-        except TimeoutError:
-            raise ResourceUnavailableError(
-                f"fetching {uri} from Trustee {default_trustee} timed out after {settings['attempt_timeout']:g} s "
-                "(attempt_timeout)", hint="the Trustee or the attestation agent is slow or hung; try again") from None
+        return await hub.fetch_bounded(default_trustee, uri)  # an API client waits: one attempt's bound
 
     unsealer = Unsealer(fetch_default, keys_dir=settings["sealed_keys_dir"],
                         skip_verification=settings["skip_sealed_secret_verification"])

@@ -98,21 +98,29 @@ class DataHub:
 
     # --- fetching ------------------------------------------------------------------------------
 
+    async def fetch_bounded(self, trustee_url: str, uri: ResourceUri) -> bytes:
+        """One fetch (attestation included) of ``uri``, cut after ``attempt_timeout`` with a named error.
+
+        Background attempts and API callers (on-demand resources) share the bound: nobody waits
+        for a hung Trustee longer than one attempt.
+        """
+        try:
+            async with asyncio.timeout(self.options.attempt_timeout):
+                return await self._fetch(trustee_url, uri)
+        except TimeoutError:
+            # The bare "timed out" said neither who was slow nor for how long.
+            raise ResourceUnavailableError(
+                f"fetching {uri} from Trustee {trustee_url} timed out after "
+                f"{self.options.attempt_timeout:g} s (attempt_timeout)",
+                hint="the Trustee or the attestation agent is slow or hung; it is retried") from None
+
     async def _fetch_once(self, state: ResourceState) -> bytes:
         entry = state.entry
         state.attempts += 1
         state.last_fetch = time.time()
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.options.attempt_timeout):
-                value = await self._fetch(entry.trustee_url, entry.uri)
-        except TimeoutError:
-            self._fetches.labels(entry.file, "error").inc()
-            # The bare "timed out" said neither who was slow nor for how long.
-            raise ResourceUnavailableError(
-                f"fetching {entry.uri} from Trustee {entry.trustee_url} timed out after "
-                f"{self.options.attempt_timeout:g} s (attempt_timeout)",
-                hint="the Trustee or the attestation agent is slow or hung; the data hub retries") from None
+            value = await self.fetch_bounded(entry.trustee_url, entry.uri)
         except Exception:
             self._fetches.labels(entry.file, "error").inc()
             raise
