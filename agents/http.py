@@ -134,6 +134,21 @@ def _remove_on_cleanup(app: web.Application, path: str, created: list[int]) -> N
     app.on_cleanup.append(unlink)
 
 
+def connection_failure(exc: BaseException) -> str:
+    """Why a connection failed, in an operator's words ("connection refused"), plus the exception type.
+
+    aiohttp's own text for a refused connect is "Connect call failed ('127.0.0.1', 8080)", which
+    does not say refused, unreachable or missing socket; the errno does.
+    """
+    errno = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if isinstance(errno, int) and errno > 0:
+        return f"{os.strerror(errno).lower()} ({type(exc).__name__})"
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({type(exc).__name__})"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (for child daemons that must be told their port)."""
     with socket.socket() as s:

@@ -12,9 +12,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from agents import jsonutil
-from agents.http import BodyTooLarge, read_body_limited, unix_session
+from agents.http import BodyTooLarge, connection_failure, read_body_limited, unix_session
 from attestation_agent.errors import AttestationError, EvidenceError, ProtocolError
-from attestation_agent.kbs.client import connection_failure
 from attestation_agent.kbs.encoding import b64url_encode
 
 MAX_EVIDENCE = 8 * 1024 * 1024

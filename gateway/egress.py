@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+from agents.http import connection_failure
 from agents.logsetup import get_logger
 from gateway import netfilter
 from gateway.cert_manager import AttestedCertManager
@@ -112,7 +113,7 @@ class Egress:
     def _backend_unreachable(self, target: tuple[str, int], exc: BaseException) -> None:
         """One line per refused connection: which backend, and why (the client only sees its tunnel close)."""
         log.error("gateway.egress.backend_unreachable", id=self.config.id, backend=f"{target[0]}:{target[1]}",
-                  error=f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__,
+                  error=connection_failure(exc)[:300],
                   hint="is the application listening there? clients get 502 from their proxy until it is")
 
     def _reject(self, listener: Listener, peer: object, reason: str) -> None:
@@ -216,7 +217,7 @@ class Egress:
         if splice.backend.error is not None:
             listener.cx_failed.inc()
             log.warning("gateway.egress.backend_reset", id=self.config.id, backend=f"{target[0]}:{target[1]}",
-                        error=f"{type(splice.backend.error).__name__}: {splice.backend.error}"[:300],
+                        error=connection_failure(splice.backend.error)[:300],
                         hint="the application broke the connection off; the client's connection was reset too")
 
     async def _serve_h2c(self, raw: asyncio.BaseTransport, target: tuple[str, int], listener: Listener,

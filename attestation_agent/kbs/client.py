@@ -8,7 +8,6 @@ connection errors and 5xx, timeouts on every call and response-size limits.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agents.health import Metrics
-from agents.http import BodyTooLarge, read_body_limited
+from agents.http import BodyTooLarge, connection_failure, read_body_limited
 from agents.logsetup import get_logger
 from agents.retry import Backoff, retry_call
 from attestation_agent.errors import (
@@ -41,21 +40,6 @@ log = get_logger("kbs")
 
 MAX_SMALL_RESPONSE = 256 * 1024  # auth/attest/error bodies
 DEFAULT_SESSION_LIFETIME = 300.0  # Trustee's default session timeout (5 min)
-
-
-def connection_failure(exc: BaseException) -> str:
-    """Why a connection failed, in an operator's words ("connection refused"), plus the exception type.
-
-    aiohttp's own text for a refused connect is "Connect call failed ('127.0.0.1', 8080)", which
-    does not say refused, unreachable or missing socket; the errno does.
-    """
-    errno = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
-    if isinstance(errno, int) and errno > 0:
-        return f"{os.strerror(errno).lower()} ({type(exc).__name__})"
-    if isinstance(exc, TimeoutError):
-        return f"timed out ({type(exc).__name__})"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def normalize_base_url(url: str) -> str:
