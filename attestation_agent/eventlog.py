@@ -139,6 +139,23 @@ class AaEventLog:
         """True if the log accounts for ``register`` (constant-time comparison)."""
         return hmac.compare_digest(self.replay(), register)
 
+    def unextended_line(self, register: bytes) -> str | None:
+        """After a restart: the one line written but not yet extended into ``register``, or None.
+
+        The agent appends (durably) before it extends, so a crash in between leaves the log one
+        line ahead of the register; that line must be extended, never dropped. Anything else —
+        the register ahead of the log, or more than one line apart — is an :class:`AaEventLogError`:
+        someone else extended the register or edited the log.
+        """
+        if self.matches(register):
+            return None
+        if self.events:
+            if hmac.compare_digest(self.replay(upto=len(self.events) - 1), register):
+                return self.events[-1].line
+        elif hmac.compare_digest(self.init_value, register):
+            return self.init
+        raise AaEventLogError("the AA event log does not replay to the live register")
+
     def to_claims(self) -> dict[str, list[str]]:
         """Trustee 1.5's ``aael`` claim: ``{"<domain>/<operation>": [content, ...]}`` in log order."""
         claims: dict[str, list[str]] = {}

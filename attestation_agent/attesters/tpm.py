@@ -22,7 +22,6 @@ one command at a time and swtpm's socket accepts one client at a time.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -400,14 +399,14 @@ class TpmAttester(Attester):
         if log.algorithm != TPM_ALGORITHM:
             raise EvidenceError(f"AA event log {path} uses {log.algorithm}; the SHA-256 PCR bank needs sha256",
                                 hint="the log was written by something else; restart the VM")
-        if log.matches(current):
-            return
-        if log.events and hmac.compare_digest(log.replay(upto=len(log.events) - 1), current):
+        try:
+            pending = log.unextended_line(current)
+        except aael.AaEventLogError:
+            raise EvidenceError(f"AA event log {path} does not replay to PCR {index}",
+                                hint="someone else extended the PCR or edited the log; restart the VM") from None
+        if pending is not None:
             _log.warning("tpm_aael_resume_extend", pcr=index)  # crashed between append and extend
-            self._extend(index, aael.line_digest(TPM_ALGORITHM, log.events[-1].line))
-            return
-        raise EvidenceError(f"AA event log {path} does not replay to PCR {index}",
-                            hint="someone else extended the PCR or edited the log; restart the VM")
+            self._extend(index, aael.line_digest(TPM_ALGORITHM, pending))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "tcti": self.config.tcti, "banks": list(self.config.banks),

@@ -77,17 +77,15 @@ class RuntimeEventLog:
                                             "TD (RTMR3 resets) or disable the event log") from None
             if log.algorithm != self.algorithm:
                 raise MeasurementError(f"AA event log {self.path} uses {log.algorithm}; TDX RTMR3 needs sha384")
-            live = self.register.read()
-            if not hmac.compare_digest(log.replay(), live):
-                if log.events and hmac.compare_digest(log.replay(upto=len(log.events) - 1), live):
-                    self.register.extend(eventlog.line_digest(self.algorithm, log.events[-1].line))
-                elif not log.events and hmac.compare_digest(log.init_value, live):
-                    self.register.extend(eventlog.line_digest(self.algorithm, log.init))
-                else:
-                    raise MeasurementError(
-                        f"AA event log {self.path} does not replay to the live RTMR3",
-                        hint="something other than this agent extended RTMR3, or the log was modified; "
-                             "evidence would fail verification, so runtime measurement is stopped")
+            try:
+                pending = log.unextended_line(self.register.read())
+            except AaEventLogError:
+                raise MeasurementError(
+                    f"AA event log {self.path} does not replay to the live RTMR3",
+                    hint="something other than this agent extended RTMR3, or the log was modified; "
+                         "evidence would fail verification, so runtime measurement is stopped") from None
+            if pending is not None:
+                self.register.extend(eventlog.line_digest(self.algorithm, pending))
         self._check(log)
         self._log = log
         self._needs_recovery = False

@@ -135,3 +135,21 @@ def test_fuzz_tcg2(data):
             aael.decode_tagged_event(record)
     except EventLogError:
         pass
+
+
+@pytest.mark.parametrize("algorithm", ["sha384", "sha256"])
+def test_unextended_line_after_a_crash_between_append_and_extend(algorithm: str) -> None:
+    """The shared recovery rule of the TDX (RTMR3) and vTPM (PCR) runtime logs."""
+    from attestation_agent import eventlog
+
+    size = 48 if algorithm == "sha384" else 32
+    init = bytes(size)
+    events = (eventlog.make_event("github.com", "start", "vllm"), eventlog.make_event("github.com", "load", "model"))
+    log = eventlog.AaEventLog(algorithm, init, events)
+    assert log.unextended_line(log.replay()) is None  # in step
+    assert log.unextended_line(log.replay(upto=1)) == events[1].line  # one line ahead: extend it
+    empty = eventlog.AaEventLog(algorithm, init, ())
+    assert empty.unextended_line(init) == empty.init  # crashed before extending INIT
+    for register in (log.replay(upto=0), bytes([1]) * size):  # two lines apart, or foreign extends
+        with pytest.raises(eventlog.AaEventLogError, match="does not replay"):
+            log.unextended_line(register)
