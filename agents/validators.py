@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from urllib.parse import SplitResult, urlsplit
 
@@ -122,6 +122,24 @@ def absolute_path(value: str) -> str:
     if not PurePosixPath(value).is_absolute():
         raise ValueError(f"{value!r} is not an absolute path")
     return value
+
+
+def positive(value: float) -> float:
+    """A number greater than zero (durations, sizes)."""
+    if value <= 0:
+        raise ValueError(f"{value!r} must be greater than zero")
+    return value
+
+
+def seconds_up_to(maximum: float) -> Callable[[float], float]:
+    """A validator for a duration in seconds within ``(0, maximum]``."""
+
+    def check(value: float) -> float:
+        if not 0 < value <= maximum:
+            raise ValueError(f"{value!r} must be within (0, {maximum:g}] seconds")
+        return value
+
+    return check
 
 
 def port(value: int) -> int:

@@ -70,12 +70,6 @@ def _non_negative(value: float) -> float:
     return value
 
 
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError(f"{value!r} must be greater than zero")
-    return value
-
-
 CDH_SETTINGS: tuple[Setting, ...] = (
     Setting("resources_dir", str, DEFAULT_RESOURCES_DIR,
             "Directory the resources are written to (mode 0700); must be on tmpfs/ramfs.",
@@ -99,14 +93,14 @@ CDH_SETTINGS: tuple[Setting, ...] = (
     Setting("allow_persistent_storage", bool, False,
             "Write secrets even if resources_dir is not on a memory filesystem (logs a loud warning)."),
     Setting("startup_retry_initial", float, 0.5, "First delay (s) between start-up fetch attempts.",
-            validator=_positive),
+            validator=validators.positive),
     Setting("startup_retry_max", float, 30.0, "Longest delay (s) between start-up fetch attempts "
-            "(retries never stop while the daemon runs).", validator=_positive),
+            "(retries never stop while the daemon runs).", validator=validators.positive),
     Setting("attempt_timeout", float, 90.0, "Upper bound (s) of one fetch attempt, attestation included.",
-            validator=_positive),
+            validator=validators.positive),
     Setting("kbs_dialect", str, "auto", "KBS protocol version: auto, 0.1.0 (Trustee <= 1.5), 0.4.0 (>= 1.6).",
             choices=("auto", "0.1.0", "0.4.0")),
-    Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request.", validator=_positive),
+    Setting("kbs_timeout", float, 30.0, "Seconds to wait for each KBS request.", validator=validators.positive),
     Setting("kbs_ca_cert", str, None, KBS_CA_CERT_DOC + " Applies to every Trustee (a bundle may hold several CAs).",
             validator=validators.absolute_path),
     Setting("sealed_keys_dir", str, DEFAULT_SEALED_KEYS_DIR,

@@ -254,3 +254,10 @@ async def test_failing_files_expire_from_status(volume_dir: tuple[Path, Path], m
     clock[0] += fs.FAILING_FOR / 2 + 1  # big's failure is now older than FAILING_FOR; small's is not
     assert [f.file for f in ops.failing_now()] == [small.cipher_path]
     assert ops.read_errors == 3  # the total count is not forgotten
+
+
+@pytest.mark.parametrize("key", ["read_timeout", "cache_recheck_interval"])
+@pytest.mark.parametrize("bad", ["0", "-1", "3601"])
+def test_duration_settings_are_bounded(key: str, bad: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid value for '{key}'.*within \(0, 3600\] seconds"):
+        load_settings(_args(), environ={f"CAI_CACHEFS_{key.upper()}": bad, "MODEL_MOUNT_POINT": "/mnt/model"})
