@@ -1,12 +1,19 @@
 """Soak: the whole chain under sustained mixed load for a bounded time; memory, descriptors, errors.
 
 Run: ``.venv/bin/python benchmarks/soak.py [--duration 600] [--clients 4] [--readers 2] [--refresh 1]
-[--report benchmarks/SOAK.md]``. Exit status 0 only when every request succeeded, every byte read
-matched the plaintext and no daemon shows unbounded growth (the criteria are printed with the table).
+[--gateway-mode rats-tls|multiplex|ohttp] [--model-source local|s3] [--report benchmarks/SOAK.md]``.
+Exit status 0 only when every request succeeded, every byte read matched the plaintext and no
+daemon shows unbounded growth (the criteria are printed with the table).
 
 The chain is :class:`tests.chain.Chain` — the real ``cai`` daemons as subprocesses, two Trustee
 stand-ins, a FUSE mount of an encrypted model, a rats-tls egress in front of a tiny app and a
 verifying ingress proxy — with the data hub refreshing its resources every ``--refresh`` seconds.
+``--gateway-mode`` chooses the ingress ↔ egress protocol (``rats-tls``: one attested TLS session per
+connection, spliced; ``multiplex``: HTTP/2 CONNECT streams over a pooled attested session, relayed;
+``ohttp``: HPKE-sealed requests over plain HTTP). ``--model-source s3`` puts the encrypted model in a
+moto S3 bucket (behind the counting proxy of tests/s3server.py) instead of a local directory: cachefs
+starts with a fresh ciphertext cache, downloads it in the background while the first reads fetch
+ranges on demand, and then serves every read through the cache.
 Load, all at once:
 
 * gateway: ``--clients`` loops, each request on a new client session (so a new connection to the
@@ -40,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.chain import DAEMONS, Chain, ChainOptions, ProcStats  # noqa: E402
+from tests.chain import DAEMONS, GATEWAY_MODES, Chain, ChainOptions, ProcStats  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -63,7 +70,8 @@ RSS_TOTAL_MAX_KIB = 32 * 1024  # measured-window growth of any daemon, whatever 
 CRITERIA = (
     "every gateway request answered 200 with its own prompt echoed; every model read equal to the plaintext; "
     "every /aa/token and /aa/evidence answered 200; resource files equal to the Trustees' values; "
-    "no daemon error metric increased; no daemon exited; no secret in any log or persistent file",
+    "no daemon error metric increased; no daemon logged an error line; no daemon exited; "
+    "no secret in any log or persistent file",
     f"per daemon: open fds (quiet end - quiet baseline) <= {FD_GROWTH_MAX}; "
     f"threads (quiet end - quiet baseline) <= {THREAD_GROWTH_MAX}",
     f"per daemon RSS over the measured window: second-half growth <= max({RSS_NOISE_KIB // 1024} MiB, "
@@ -91,6 +99,9 @@ class SoakConfig:
     #: > 0: end the load as soon as this many gateway requests succeeded after the baseline
     #: (``duration`` is then the cap) — CI asks for an amount of work, not an amount of time.
     target_requests: int = 0
+    gateway_mode: str = "rats-tls"  # one of tests.chain.GATEWAY_MODES
+    model_source: str = "local"  # "local" (cipher directory) or "s3" (moto S3 through the ciphertext cache)
+    s3_extra_mib: int = 8  # s3: a random extra shard of this size, so the model spans several 4 MiB cache chunks
 
 
 @dataclass
@@ -180,6 +191,8 @@ class SoakResult:
     exited: dict[str, int | None]
     elapsed: float
     measured_requests: int = 0  # gateway requests (= new connections) in the measured window, after the baseline
+    app_requests: int = 0  # requests that reached the app behind the egress over the run
+    storage: dict[str, Any] = field(default_factory=dict)  # s3: object GETs, cache state (see _S3Model.summary)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -390,6 +403,78 @@ def _model_key_refreshes(status: dict[str, Any]) -> int:
     return min(int(r.get("refreshes", 0)) for r in status["resources"])
 
 
+# ---------------------------------------------------------------------------- the model's storage
+
+S3_BUCKET = "cai-soak"
+S3_PREFIX = "model/"
+
+
+class _S3Model:
+    """The encrypted model in a moto S3 bucket, reached by cachefs through the counting proxy of tests/s3server.py.
+
+    The credentials are fresh random values per run, so the log scan can look for them like for the keys.
+    """
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.access_key = f"AKIDSOAK{os.urandom(6).hex().upper()}"
+        self.secret_key = f"soak-s3-secret-{os.urandom(16).hex()}"
+        self.session_token = f"soak-s3-token-{os.urandom(16).hex()}"
+        self.gets_at_baseline = 0
+
+    def env(self, cache_dir: Path) -> dict[str, str]:
+        """cai.env object-storage variables for ``cai cachefs`` (a fresh cache: the download path runs)."""
+        return {"MODEL_OSS_BUCKET_PATH": f"{S3_BUCKET}:/{S3_PREFIX}", "MODEL_OSS_ENDPOINT": self.proxy.url,
+                "MODEL_OSS_ACCESS_KEY_ID": self.access_key, "MODEL_OSS_SECRET_ACCESS_KEY": self.secret_key,
+                "MODEL_OSS_SESSION_TOKEN": self.session_token, "CAI_CACHEFS_CACHE_DIR": str(cache_dir)}
+
+    def secrets(self) -> list[bytes]:
+        return [self.secret_key.encode(), self.session_token.encode()]
+
+    def mark_baseline(self) -> None:
+        self.gets_at_baseline = len(self.proxy.gets())
+
+    async def summary(self, chain: Chain) -> dict[str, Any]:
+        """Object GETs over the run and after the baseline, and cachefs's view of its download."""
+        _, body = await chain.api("cachefs", "/status")
+        state = json.loads(body)
+        gets = len(self.proxy.gets())
+        return {"gets": gets, "gets_measured": gets - self.gets_at_baseline, "download": state.get("download", {}),
+                "failing": state.get("failing", []), "read_errors": state.get("read_errors", 0)}
+
+
+@contextlib.asynccontextmanager
+async def _soak_chain(root: Path, config: SoakConfig, daemons: tuple[str, ...]
+                      ) -> AsyncIterator[tuple[Chain, _S3Model | None]]:
+    """The chain for ``config``; with ``model_source="s3"`` also moto S3, the proxy, the uploaded model."""
+    if config.gateway_mode not in GATEWAY_MODES:
+        raise ValueError(f"gateway mode {config.gateway_mode!r} is not one of {', '.join(GATEWAY_MODES)}")
+    options: dict[str, Any] = {"daemons": daemons, "cdh_refresh": config.refresh, "gateway_mode": config.gateway_mode}
+    if config.model_source == "local":
+        async with Chain(root, ChainOptions(**options)) as chain:
+            yield chain, None
+        return
+    if config.model_source != "s3":
+        raise ValueError(f"model source {config.model_source!r} is not 'local' or 's3'")
+    from tests.s3server import MotoS3Server, S3Proxy, upload_tree
+
+    moto = await asyncio.to_thread(MotoS3Server().start)
+    try:
+        await asyncio.to_thread(moto.client().create_bucket, Bucket=S3_BUCKET)
+        async with S3Proxy(moto.url) as proxy:
+            s3 = _S3Model(proxy)
+            options.update(daemons=tuple(d for d in daemons if d != "cachefs"), local_model=False,
+                           env={"cachefs": s3.env(root / "cache")})
+            async with Chain(root, ChainOptions(**options)) as chain:
+                await chain.make_model(config.s3_extra_mib)
+                await asyncio.to_thread(upload_tree, moto.client(), S3_BUCKET, S3_PREFIX, chain.cipher)
+                if "cachefs" in daemons:
+                    await chain.start("cachefs")
+                yield chain, s3
+    finally:
+        await asyncio.to_thread(moto.stop)
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -398,9 +483,12 @@ async def run_soak(root: Path, config: SoakConfig, *, progress: Callable[[str], 
     say, daemons = progress or (lambda _msg: None), DAEMONS
     counts, samples, gate = Counts(), [], _Gate()
     gateways = [d for d in daemons if d in ("gateway", "ingress")]
-    say(f"starting the chain in {root}")
-    async with Chain(root, ChainOptions(daemons=daemons, cdh_refresh=config.refresh)) as chain:
+    # A multiplexing egress keeps its pooled session open when quiet: only the ingress's connections must end.
+    quiet = [g for g in gateways if not (config.gateway_mode == "multiplex" and g == "gateway")]
+    say(f"starting the chain in {root} (gateway mode {config.gateway_mode}, model from {config.model_source})")
+    async with _soak_chain(root, config, daemons) as (chain, s3):
         plain = {str(p.relative_to(chain.plain)): p.read_bytes() for p in chain.plain.rglob("*") if p.is_file()}
+        app_requests_before = chain.app_requests
         metrics_before = await _metrics(chain, daemons)
         trustees_before = {n: dict(t.faults.counters) for n, t in chain.trustees.items()}
         _, body = await chain.api("cdh", "/cdh/status")
@@ -425,8 +513,10 @@ async def run_soak(root: Path, config: SoakConfig, *, progress: Callable[[str], 
                 if not baseline_taken and time.monotonic() >= warmup_end:
                     paused = time.monotonic()
                     gate.running.clear()
-                    await _quiesce(chain, gate, gateways)
+                    await _quiesce(chain, gate, quiet)
                     samples.append(_sample(chain, daemons, time.monotonic() - started, "baseline"))
+                    if s3 is not None:
+                        s3.mark_baseline()
                     say(f"warm-up done after {time.monotonic() - started:.0f} s; quiet baseline "
                         + ", ".join(f"{n}={s.rss_kb // 1024} MiB/{s.fds} fds" for n, s in samples[-1].stats.items()))
                     baseline_taken, asks_at_baseline = True, counts.asks_ok + counts.asks_failed
@@ -451,22 +541,26 @@ async def run_soak(root: Path, config: SoakConfig, *, progress: Callable[[str], 
                 await asyncio.to_thread(thread.join, 30)
         elapsed = time.monotonic() - started
         exited = {n: p.returncode for n, p in chain.procs.items()}
+        storage: dict[str, Any] = {}
         if all(code is None for code in exited.values()):
-            await _quiesce(chain, gate, gateways)
+            await _quiesce(chain, gate, quiet)
             samples.append(_sample(chain, daemons, time.monotonic() - started, "end"))
             metrics_after = await _metrics(chain, daemons)
             _, body = await chain.api("cdh", "/cdh/status")
             refreshes = _model_key_refreshes(json.loads(body)) - refreshes_before
+            if s3 is not None:
+                storage = await s3.summary(chain)
         else:
             metrics_after, refreshes = {}, 0
         trustee_requests = {n: {route: c - trustees_before[n].get(route, 0) for route, c in t.faults.counters.items()}
                             for n, t in chain.trustees.items()}
-        secrets = chain.secrets()
+        secrets = chain.secrets() + (s3.secrets() if s3 is not None else [])
         logs = {name: b"".join(p.read_bytes() for p in sorted(chain.logs.glob(f"{name}-*.log"))) for name in daemons}
         secrets_in_logs = [f"{name}: secret #{i}" for name in daemons for i, s in enumerate(secrets) if s in logs[name]]
         log_levels = {name: {lvl: sum(1 for e in chain.log_events(name) if e.get("level") == lvl)
                              for lvl in ("warning", "error", "critical")} for name in daemons}
         persisted = chain.persisted()
+        app_requests = chain.app_requests - app_requests_before
     result = SoakResult(
         config=config, daemons=daemons, counts=counts, samples=samples, growth={},
         metrics_before=metrics_before, metrics_after=metrics_after,
@@ -474,7 +568,8 @@ async def run_soak(root: Path, config: SoakConfig, *, progress: Callable[[str], 
                      - metrics_before[g].get(_cx_total_key(metrics_before[g]), 0.0) for g in gateways},
         refreshes=refreshes, trustee_requests=trustee_requests, log_levels=log_levels, persisted=persisted,
         secrets_in_logs=secrets_in_logs, exited=exited, elapsed=elapsed,
-        measured_requests=counts.asks_ok + counts.asks_failed - asks_at_baseline)
+        measured_requests=counts.asks_ok + counts.asks_failed - asks_at_baseline, app_requests=app_requests,
+        storage=storage)
     result.problems = judge(result)
     return result
 
@@ -494,8 +589,16 @@ def judge(result: SoakResult) -> list[str]:
     if c.asks_ok == 0 or c.reads == 0 or c.aa_ok == 0:
         problems.append("a load generator did no work (gateway/model/aa ok counts include 0)")
     problems += [f"{name} exited with {code}" for name, code in result.exited.items() if code is not None]
+    problems += [f"{name} logged {levels['error'] + levels['critical']} error lines"
+                 for name, levels in result.log_levels.items() if levels.get("error") or levels.get("critical")]
     problems += [f"persistent file holds a secret: {hit}" for hit in result.persisted]
     problems += [f"log holds a secret: {hit}" for hit in result.secrets_in_logs]
+    if result.config.model_source == "s3" and result.storage:
+        download = result.storage.get("download", {})
+        if not download.get("complete") or download.get("errors") or not download.get("cache_enabled"):
+            problems.append(f"cachefs download from object storage did not complete cleanly: {download}")
+        if result.storage.get("failing") or result.storage.get("read_errors"):
+            problems.append(f"cachefs reports failing objects/read errors: {result.storage.get('failing')}")
     for name in result.daemons:
         before = error_metrics(result.metrics_before.get(name, {}))
         for key, value in error_metrics(result.metrics_after.get(name, {})).items():
@@ -520,7 +623,10 @@ def _mib(kib: float) -> str:
 def render(result: SoakResult, *, title: str = "Soak run") -> str:
     """The report as Markdown (also readable as plain text)."""
     c, cfg = result.counts, result.config
+    source = {"local": "a local ciphertext directory",
+              "s3": "moto S3 through the ciphertext cache (fresh at start)"}.get(cfg.model_source, cfg.model_source)
     lines = [f"## {title}", "",
+             f"Gateway mode `{cfg.gateway_mode}`; model read from {source}.", "",
              f"{result.elapsed:.0f} s of load, the first {cfg.warmup * cfg.duration:g} s of it warm-up (excluded from "
              f"growth): {cfg.clients} gateway clients, {cfg.readers} model readers, /aa every {cfg.aa_interval:g} s, "
              f"data hub refresh every {cfg.refresh:g} s; {len([s for s in result.samples if s.phase == 'load'])} "
@@ -538,6 +644,7 @@ def render(result: SoakResult, *, title: str = "Soak run") -> str:
     lines += ["", "| load | count |", "| --- | --- |",
               f"| gateway requests ok / failed | {c.asks_ok} / {c.asks_failed} |",
               f"| gateway connections accepted (cx_total) | {conns} |",
+              f"| requests that reached the app behind the egress | {result.app_requests} |",
               f"| model reads (whole files) / errors / wrong bytes | {c.reads} ({c.whole_file_reads}) / {c.read_errors}"
               f" / {c.read_mismatches} |",
               f"| model bytes read | {c.bytes_read / MIB:.0f} MiB |",
@@ -545,6 +652,13 @@ def render(result: SoakResult, *, title: str = "Soak run") -> str:
               f"| data hub refreshes (model key) | {result.refreshes} |",
               f"| resource file checks / mismatches | {c.resource_checks} / {c.resource_mismatches} |",
               f"| Trustee requests (re-attestations = auth/attest) | {trustee} |",
+              *([f"| object storage GETs: whole run / after the baseline | {result.storage.get('gets')} / "
+                 f"{result.storage.get('gets_measured')} |",
+                 f"| cachefs download at end (objects, bytes, complete, errors) | "
+                 f"{result.storage.get('download', {}).get('objects_done')}, "
+                 f"{result.storage.get('download', {}).get('bytes_done')}, "
+                 f"{result.storage.get('download', {}).get('complete')}, "
+                 f"{result.storage.get('download', {}).get('errors')} |"] if result.storage else []),
               "", "Daemon error metrics (start of load → end), warnings/errors logged:", ""]
     for name in result.daemons:
         before, after = error_metrics(result.metrics_before.get(name, {})), error_metrics(
@@ -588,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=2.0, help="seconds between samples")
     parser.add_argument("--target-requests", type=int, default=0,
                         help="end the load after this many gateway requests past the warm-up (duration is the cap)")
+    parser.add_argument("--gateway-mode", choices=GATEWAY_MODES, default="rats-tls",
+                        help="ingress <-> egress protocol (default rats-tls)")
+    parser.add_argument("--model-source", choices=("local", "s3"), default="local",
+                        help="where cachefs reads the encrypted model: a local directory or moto S3 (default local)")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
     parser.add_argument("--samples", type=Path, help="write every sample (RSS, fds, threads per daemon) as JSON here")
     parser.add_argument("--workdir", type=Path, help="directory for the chain (default: a temporary one)")
@@ -596,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(level="warning", fmt="console")  # the in-process Trustees log every release at info
     config = SoakConfig(duration=args.duration, clients=args.clients, readers=args.readers, refresh=args.refresh,
-                        warmup=args.warmup, sample_interval=args.sample, target_requests=args.target_requests)
+                        warmup=args.warmup, sample_interval=args.sample, target_requests=args.target_requests,
+                        gateway_mode=args.gateway_mode, model_source=args.model_source)
     with contextlib.ExitStack() as stack:
         root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cai-soak-")))
         result = asyncio.run(run_soak(root, config, progress=lambda msg: print(msg, flush=True)))

@@ -36,6 +36,19 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 256 * 1024
 HIGH_WATER = 1024 * 1024
+#: How many closed streams a session remembers (h2 keeps 65 536 by default: ~11 MiB per long-lived pooled
+#: session and side, measured by the multiplex soak, benchmarks/SOAK.md). The record only tells a late frame
+#: for a stream we reset (a stream error) from a protocol violation (a connection error); frames in flight
+#: arrive within a round trip, and at most 1 000 streams are open at once, so a few thousand is plenty.
+CLOSED_STREAMS_KEPT = 4096
+
+
+class _H2Connection(h2.connection.H2Connection):
+    """h2's connection with a bounded closed-stream record (see :data:`CLOSED_STREAMS_KEPT`)."""
+
+    MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
+
+
 Headers = list[tuple[str, str]]
 
 
@@ -214,6 +227,10 @@ class H2StreamTransport(asyncio.Transport):
                 self._protocol.connection_lost(exc)
         if not self.response.done():
             self.response.set_exception(exc or ConnectionResetError("HTTP/2 stream closed"))
+            if not self._session.client_side:
+                # Only a client awaits response headers; on a server-side stream nobody ever retrieves this,
+                # and asyncio would log every ended stream as "Future exception was never retrieved" (an error).
+                self.response.exception()
         self._session.forget(self)
 
 
@@ -224,7 +241,7 @@ class H2Session:
                  initial: bytes = b"", close_when_idle: bool = False) -> None:
         self.reader, self.writer = reader, writer
         self.client_side = client_side
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        self.conn = _H2Connection(h2.config.H2Configuration(
             client_side=client_side, header_encoding="utf-8"))
         self.streams: dict[int, H2StreamTransport] = {}
         self.requests: asyncio.Queue[tuple[int, Headers] | None] = asyncio.Queue()

@@ -45,6 +45,7 @@ from trustee_standin.config import StandinConfig
 from trustee_standin.server import StandinServer
 
 DAEMONS = ("aa", "cdh", "cachefs", "gateway", "ingress")
+GATEWAY_MODES = ("rats-tls", "multiplex", "ohttp")
 #: Environment prefixes of the developer's shell that must not leak into the daemons.
 _FOREIGN_ENV = ("CAI_", "TRUSTEE_", "MODEL_", "ALT_", "NOTIFY_SOCKET")
 
@@ -63,6 +64,10 @@ class ChainOptions:
     local_model: bool = True
     #: Extra members of the egress's ``attest`` block, e.g. ``{"refresh_interval": 10}``.
     egress_attest: Mapping[str, Any] = field(default_factory=dict)
+    #: Wire protocol between ingress and egress (both sides configured alike): ``rats-tls`` (TNG >= 2.7,
+    #: one TLS session per connection), ``multiplex`` (``rats_tls.multiplex``: HTTP/2 CONNECT streams over
+    #: pooled sessions) or ``ohttp`` (TNG >= 2.2.6 OHTTP: HPKE-sealed requests over plain HTTP).
+    gateway_mode: str = "rats-tls"
     timeout: float = 30.0
 
 
@@ -225,17 +230,22 @@ class Chain:
 
     def _gateway_config(self, kind: str) -> Path:
         path = self.root / f"gateway-{kind}.json"
+        mode = self.options.gateway_mode
+        if mode not in GATEWAY_MODES:
+            raise ValueError(f"ChainOptions.gateway_mode {mode!r} is not one of {', '.join(GATEWAY_MODES)}")
+        protocol: dict[str, Any] = {"multiplex": {"rats_tls": {"multiplex": True}},
+                                    "ohttp": {"ohttp": {}}}.get(mode, {})
         if kind == "egress":
             config: dict[str, Any] = {"add_egress": [{
                 "mapping": {"in": {"host": "127.0.0.1", "port": self.egress_port},
                             "out": {"host": "127.0.0.1", "port": self.app_port}},
-                "attest": {"aa_addr": f"unix://{self.aa_socket}", **self.options.egress_attest}}]}
+                "attest": {"aa_addr": f"unix://{self.aa_socket}", **self.options.egress_attest}, **protocol}]}
         else:
             a = self.trustees["a"]
             config = {"add_ingress": [{
                 "http_proxy": {"proxy_listen": {"host": "127.0.0.1", "port": self.proxy_port}},
                 "verify": {"as_addr": a.as_url, "policy_ids": ["default"],
-                           "trusted_certs_paths": [str(self.root / "ca-a" / ca.ROOT_CERT)]}}]}
+                           "trusted_certs_paths": [str(self.root / "ca-a" / ca.ROOT_CERT)]}, **protocol}]}
         path.write_text(json.dumps(config))
         return path
 
