@@ -270,6 +270,29 @@ class Chain:
                     events.append(event)
         return events
 
+    def events(self, name: str, event: str, **match: Any) -> list[dict[str, Any]]:
+        """``name``'s log lines for ``event`` whose fields equal ``match``."""
+        return [e for e in self.log_events(name) if e.get("event") == event
+                and all(e.get(k) == v for k, v in match.items())]
+
+    def assert_files(self) -> None:
+        """The data hub's resource files hold exactly the Trustees' values (read as the app would)."""
+        assert (self.resources / "model-key").read_bytes() == self.model_key
+        assert (self.resources / "alt-key").read_bytes() == self.alt_key
+
+    def leaks(self, names: Iterable[str], extra_secrets: Iterable[bytes] = (),
+              extra_dirs: Iterable[Path] = ()) -> list[str]:
+        """Every secret found where it must never be: persistent files (:meth:`persisted`) and the logs of ``names``.
+
+        ``extra_secrets`` adds values the chain does not know (e.g. object-storage credentials).
+        """
+        secrets = [*self.secrets(), *extra_secrets]
+        found = self.persisted(extra_dirs)
+        for name in names:
+            log = self.log(name).encode()
+            found += [f"{name} log: secret #{i}" for i, secret in enumerate(secrets) if secret in log]
+        return found
+
     async def start(self, name: str, *, wait_ready: bool = True) -> asyncio.subprocess.Process:
         """Start (another incarnation of) ``name``; by default wait for its READY=1."""
         if name in self.procs and self.procs[name].returncode is None:

@@ -29,15 +29,6 @@ async def cdh_model_key(chain: Chain) -> dict[str, Any]:
     return next(entry for entry in json.loads(body)["resources"] if entry["file"] == "model-key")
 
 
-def events(chain: Chain, name: str, event: str) -> list[dict[str, Any]]:
-    return [e for e in chain.log_events(name) if e.get("event") == event]
-
-
-def assert_files(chain: Chain) -> None:
-    assert (chain.resources / "model-key").read_bytes() == chain.model_key
-    assert (chain.resources / "alt-key").read_bytes() == chain.alt_key
-
-
 async def ask_ok(chain: Chain, prompt: str) -> None:
     status, text = await chain.ask(prompt)
     assert status == 200 and f"echo: {prompt}" in text, (status, text)
@@ -57,7 +48,7 @@ async def test_aa_killed_and_restarted_then_killed_for_good(tmp_path: Path) -> N
         a.faults.inject("resource", "drop_sessions", count=1)
 
         async def refresh_names_the_aa() -> str:
-            assert_files(chain)
+            chain.assert_files()
             assert (await chain.api("cdh", "/readyz"))[0] == 200  # keys on disk are still valid: stays ready
             return (await cdh_model_key(chain))["last_refresh_error"] or ""
 
@@ -68,7 +59,7 @@ async def test_aa_killed_and_restarted_then_killed_for_good(tmp_path: Path) -> N
 
         # Egress: the certificate it holds keeps serving existing and new client connections.
         await ask_ok(chain, "during the outage")
-        failures = await eventually(lambda: events(chain, "gateway", "gateway.cert.refresh_failed"), REFRESH + 10,
+        failures = await eventually(lambda: chain.events("gateway", "gateway.cert.refresh_failed"), REFRESH + 10,
                                     what="a failed certificate refresh")
         assert chain.aa_socket in failures[0]["error"] and "connection refused" in failures[0]["error"], failures
         assert failures[0]["refuse_in_s"] > 0
@@ -84,11 +75,11 @@ async def test_aa_killed_and_restarted_then_killed_for_good(tmp_path: Path) -> N
         assert (await chain.api("aa", "/readyz"))[0] == 200
 
         async def hub_recovered() -> bool:
-            assert_files(chain)
+            chain.assert_files()
             return (await cdh_model_key(chain))["last_refresh_error"] is None
 
         await eventually(hub_recovered, 30, what="the data hub's next good refresh")
-        await eventually(lambda: events(chain, "gateway", "gateway.cert.recovered"), REFRESH + 10,
+        await eventually(lambda: chain.events("gateway", "gateway.cert.recovered"), REFRESH + 10,
                          what="the egress's next good certificate")
         await ask_ok(chain, "after the restart")
         for name in ("cdh", "gateway", "ingress"):
@@ -111,19 +102,16 @@ async def test_aa_killed_and_restarted_then_killed_for_good(tmp_path: Path) -> N
         assert status == 502 and "TEE verification failed" in text, (status, text)  # the ingress's answer
         assert await refused()
         assert chain.app_requests == requests  # fail closed: nothing reached the app
-        expired = events(chain, "gateway", "gateway.cert.expired")
+        expired = chain.events("gateway", "gateway.cert.expired")
         assert expired and expired[0]["max_age_s"] == REFRESH * STALE_AFTER_INTERVALS
         assert chain.aa_socket in expired[0]["last_error"] and "connection refused" in expired[0]["last_error"]
         assert "Traceback" not in chain.log("gateway")
-        assert not events(chain, "gateway", "gateway.peer.rejected"), "our own stale evidence is not the peer's fault"
+        assert not chain.events("gateway", "gateway.peer.rejected"), "our own stale evidence is not the peer's fault"
         assert (await chain.api("cdh", "/readyz"))[0] == 200
         status, body = await chain.api("gateway", "/readyz")  # the orchestrator stops routing to it
         assert status == 503 and "new connections are refused" in json.loads(body)["failing"]["egress0.certificate"]
         assert (await chain.api("gateway", "/livez"))[0] == 200  # alive: it recovers once the AA is back
         assert (await chain.metrics("gateway"))['cert_refused_handshakes_total{id="0"}'] >= 1
-        assert_files(chain)
+        chain.assert_files()
 
-        assert chain.persisted() == []
-        for name in ("aa", "cdh", "gateway", "ingress"):
-            log = chain.log(name).encode()
-            assert not [i for i, secret in enumerate(chain.secrets()) if secret in log], f"a secret in {name}'s log"
+        assert chain.leaks(("aa", "cdh", "gateway", "ingress")) == []

@@ -30,7 +30,7 @@ from cachefs.cache import ChunkLayout, decode_record
 from tests.chain import Chain, ChainOptions, eventually
 from tests.integration.test_faults_objstore import (  # noqa: F401 - moto is a fixture
     ObjstoreChain,
-    assert_no_secret_in_logs,
+    assert_nothing_leaked,
     moto,
     objstore_chain,
 )
@@ -40,10 +40,6 @@ pytestmark = pytest.mark.timeout(120)
 
 SHARD = "model-00001-of-00001.safetensors"
 DEAD = (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
-
-
-def _events(chain: Chain, event: str) -> list[dict]:
-    return [e for e in chain.log_events("cachefs") if e.get("event") == event]
 
 
 async def _status(chain: Chain) -> dict:
@@ -92,8 +88,8 @@ async def test_sigkill_with_the_model_mounted_never_serves_bytes_and_restart_rec
                 await chain.api("cachefs", "/readyz")
 
             await chain.start("cachefs")
-            assert len(_events(chain, "cachefs.stale_mount")) == 1
-            (recovered,) = _events(chain, "cachefs.stale_mount_recovered")
+            assert len(chain.events("cachefs", "cachefs.stale_mount")) == 1
+            (recovered,) = chain.events("cachefs", "cachefs.stale_mount_recovered")
             assert recovered["mount_point"] == str(mnt)
             assert await asyncio.to_thread(chain.read_model) == chain.digests
             # The fd of the old mount still fails (it belongs to the dead connection); never bytes.
@@ -107,9 +103,7 @@ async def test_sigkill_with_the_model_mounted_never_serves_bytes_and_restart_rec
         metrics = await chain.metrics("cachefs")
         assert metrics["cachefs_mounted"] == 1 and metrics["cachefs_stale_mounts_recovered_total"] == 1
         assert (await chain.api("cachefs", "/readyz"))[0] == 200
-        assert chain.persisted() == []
-        logs = chain.log("cachefs").encode()
-        assert not [i for i, s in enumerate(chain.secrets()) if s in logs]
+        assert chain.leaks(["cachefs"]) == []
 
 
 def _recorded_chunks(cache_dir: Path, key: str) -> frozenset[int]:
@@ -148,15 +142,14 @@ async def test_sigkill_mid_download_reuses_the_partial_cache(tmp_path: Path, mot
 
         proxy.requests.clear()
         await chain.start("cachefs")
-        (state,) = [e for e in chain.log_events("cachefs") if e.get("event") == "ciphertext cache state"][-1:]
+        (state,) = chain.events("cachefs", "ciphertext cache state")[-1:]
         assert state["bytes_cached"] >= chunk0_end
         assert await asyncio.to_thread(chain.read_model) == chain.digests  # never corrupt
         gets = oc.gets("model-extra.safetensors")
         assert gets and all(r.range is not None for r in gets), "the whole object was fetched again"
         assert min(_range_start(r.range) for r in gets) >= chunk0_end, [r.range for r in gets]
-        assert len(_events(chain, "cachefs.stale_mount_recovered")) == 1
-        assert chain.persisted([oc.cache_dir]) == []
-        assert_no_secret_in_logs(chain)
+        assert len(chain.events("cachefs", "cachefs.stale_mount_recovered")) == 1
+        assert_nothing_leaked(oc)
 
 
 async def test_cache_disk_full_passes_reads_through_and_resumes_when_there_is_room(
@@ -187,11 +180,10 @@ async def test_cache_disk_full_passes_reads_through_and_resumes_when_there_is_ro
             state = await eventually(lambda: _complete(chain), what="download complete after the disk grew")
             assert state["download"]["cache_enabled"] and state["cache_problem"] is None
             assert chain.incarnations["cachefs"] == 1
-            assert [e for e in chain.log_events("cachefs") if e.get("event") == "ciphertext cache re-enabled"]
+            assert chain.events("cachefs", "ciphertext cache re-enabled")
             assert await asyncio.to_thread(chain.read_model) == chain.digests
             assert (await chain.metrics("cachefs"))["cachefs_cache_enabled"] == 1
-            assert chain.persisted([small]) == []
-            assert_no_secret_in_logs(chain)
+            assert_nothing_leaked(oc)  # oc.cache_dir is the small tmpfs
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 

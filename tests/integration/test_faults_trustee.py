@@ -32,23 +32,9 @@ async def cdh_status(chain: Chain) -> dict[str, Any]:
     return {entry["file"]: entry for entry in json.loads(body)["resources"]}
 
 
-def events(chain: Chain, name: str, event: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in chain.log_events(name) if e.get("event") == event
-            and all(e.get(k) == v for k, v in match.items())]
-
-
-def assert_files(chain: Chain) -> None:
-    """The resource files hold exactly the Trustees' values (read as the app would)."""
-    assert (chain.resources / "model-key").read_bytes() == chain.model_key
-    assert (chain.resources / "alt-key").read_bytes() == chain.alt_key
-
-
 def assert_nothing_leaked(chain: Chain, daemons: tuple[str, ...]) -> None:
-    assert chain.persisted() == []
-    for name in daemons:
-        log = chain.log(name).encode()
-        assert log, f"{name} logged nothing"
-        assert not [i for i, secret in enumerate(chain.secrets()) if secret in log], f"a secret in {name}'s log"
+    assert all(chain.log(name) for name in daemons), "control: every daemon logged something"
+    assert chain.leaks(daemons) == []
 
 
 def min_duration(config: KbsClientConfig) -> float:
@@ -65,7 +51,7 @@ async def first_refresh_error(chain: Chain, what: str) -> str:
     """Wait for model-key's ``last_refresh_error`` while checking the file stays and the hub stays ready."""
 
     async def reported() -> str | None:
-        assert_files(chain)
+        chain.assert_files()
         assert (await chain.api("cdh", "/readyz"))[0] == 200
         return (await cdh_status(chain))["model-key"]["last_refresh_error"]
 
@@ -99,14 +85,14 @@ async def test_trustee_unreachable_at_start_then_ready_without_restart(tmp_path:
         assert metrics['cai_cdh_fetches_total{resource="model-key",result="error"}'] >= 2
         assert metrics["cai_cdh_ready"] == 0
         assert metrics[f'cai_kbs_retries_total{{route="auth",trustee="{a.api_url}"}}'] >= 1
-        failed = events(chain, "cdh", "cdh.fetch_failed", resource="model-key")
+        failed = chain.events("cdh", "cdh.fetch_failed", resource="model-key")
         assert failed and all(e["trustee"] == a.api_url and e["retry_in_s"] > 0 for e in failed)
 
         # Not a hot loop: every connection attempt to Trustee A is logged (kbs.retry, or cdh.fetch_failed
         # for the last of a series); the KBS client's backoff allows at most this many in the time so far.
         elapsed = time.monotonic() - started
-        attempts = (len(events(chain, "cdh", "kbs.retry", url=a.api_url))
-                    + len(events(chain, "cdh", "cdh.fetch_failed", resource="model-key")))
+        attempts = (len(chain.events("cdh", "kbs.retry", url=a.api_url))
+                    + len(chain.events("cdh", "cdh.fetch_failed", resource="model-key")))
         config = KbsClientConfig(url=a.api_url)
         assert attempts <= config.backoff.attempts * (elapsed / min_duration(config) + 1), (attempts, elapsed)
 
@@ -115,12 +101,12 @@ async def test_trustee_unreachable_at_start_then_ready_without_restart(tmp_path:
         await chain.start_trustee("b")
         await chain.wait_ready("cdh")
         assert chain.procs["cdh"] is proc and proc.returncode is None and chain.incarnations["cdh"] == 1
-        assert_files(chain)
+        chain.assert_files()
         state = (await cdh_status(chain))["model-key"]
         assert state["present"] and state["last_error"] is None
         assert (await chain.api("cdh", "/readyz"))[0] == 200
         assert (await chain.metrics("cdh"))["cai_cdh_ready"] == 1
-        assert events(chain, "cdh", "cdh.resource_ready", resource="model-key")
+        assert chain.events("cdh", "cdh.resource_ready", resource="model-key")
         assert_nothing_leaked(chain, ("aa", "cdh"))
 
 
@@ -152,9 +138,9 @@ async def test_slow_trustee_is_cut_by_timeouts_and_retried(tmp_path: Path) -> No
         a.faults.inject("resource", "hang", seconds=30, count=1)
         b.faults.inject("attest", "hang", seconds=30, count=1)
         await chain.start("cdh")
-        assert_files(chain)
-        slow_a = events(chain, "cdh", "kbs.retry", url=a.api_url, route="resource")
-        slow_b = events(chain, "cdh", "kbs.retry", url=b.url, route="attest")
+        chain.assert_files()
+        slow_a = chain.events("cdh", "kbs.retry", url=a.api_url, route="resource")
+        slow_b = chain.events("cdh", "kbs.retry", url=b.url, route="attest")
         assert len(slow_a) == 1 and "did not answer GET /kbs/v0/resource within 1 s" in slow_a[0]["error"]
         assert a.api_url in slow_a[0]["error"]
         assert len(slow_b) == 1 and "did not answer POST /kbs/v0/attest within 1 s" in slow_b[0]["error"]
@@ -175,16 +161,16 @@ async def test_slow_trustee_is_cut_by_timeouts_and_retried(tmp_path: Path) -> No
         a.faults.clear()  # the Trustee answers in time again
 
         async def recovered() -> bool:
-            assert_files(chain)
+            chain.assert_files()
             return (await cdh_status(chain))["model-key"]["last_refresh_error"] is None
 
         await eventually(recovered, 40, what="a good refresh after the hang")
         refreshed = (await cdh_status(chain))["model-key"]["refreshes"]
         await eventually(lambda: cdh_status_refreshes(chain, refreshed), 20, what="one more good refresh")
-        failed = events(chain, "cdh", "cdh.refresh_failed", resource="model-key")
+        failed = chain.events("cdh", "cdh.refresh_failed", resource="model-key")
         assert failed and all(e["kept_last_good"] for e in failed)
         assert (await chain.metrics("cdh"))['cai_cdh_refresh_failures_total{resource="model-key"}'] == len(failed)
-        assert_files(chain)
+        chain.assert_files()
         assert_nothing_leaked(chain, ("aa", "cdh"))
 
 
@@ -206,12 +192,12 @@ async def test_trustee_restart_loses_sessions_one_reattestation(tmp_path: Path) 
         async def watch() -> None:
             nonlocal reads
             while not stop.is_set():
-                assert_files(chain)
+                chain.assert_files()
                 reads += 1
                 await asyncio.sleep(0.02)
 
         watcher = asyncio.create_task(watch())
-        certs_before = len(events(chain, "gateway", "gateway.cert.refreshed"))
+        certs_before = len(chain.events("gateway", "gateway.cert.refreshed"))
         await chain.restart_trustee("a")  # every session lost, token CA kept (as a real Trustee)
 
         async def refreshed_after_restart() -> bool:
@@ -221,12 +207,12 @@ async def test_trustee_restart_loses_sessions_one_reattestation(tmp_path: Path) 
         await eventually(refreshed_after_restart, 30, what="refreshes against the restarted Trustee")
         # The first /resource after the restart got 401 (unknown session) → exactly one new RCAR handshake.
         assert a.faults.counters["auth"] == 1 and a.faults.counters["attest"] == 1, dict(a.faults.counters)
-        assert len(events(chain, "cdh", "kbs.reattest", url=a.api_url)) == 1
+        assert len(chain.events("cdh", "kbs.reattest", url=a.api_url)) == 1
         assert (await chain.api("cdh", "/readyz"))[0] == 200
 
         # The ingress keeps verifying against the restarted attestation service: the egress's next
         # certificate (refresh_interval 10 s) is new to it, so it must ask the AS again.
-        await eventually(lambda: len(events(chain, "gateway", "gateway.cert.refreshed")) > certs_before, 20,
+        await eventually(lambda: len(chain.events("gateway", "gateway.cert.refreshed")) > certs_before, 20,
                          what="the egress's next certificate")
         requests = chain.app_requests
         status, text = await chain.ask("after")
@@ -236,7 +222,7 @@ async def test_trustee_restart_loses_sessions_one_reattestation(tmp_path: Path) 
         stop.set()
         await watcher
         assert reads > 10
-        assert_files(chain)
+        chain.assert_files()
         assert_nothing_leaked(chain, ("aa", "cdh", "gateway", "ingress"))
 
 
@@ -248,9 +234,9 @@ async def test_5xx_bursts_absorbed_or_reported_last_good_kept(tmp_path: Path) ->
         # First start: 6 x 503 on /auth = one failed attempt (4 tries) + 2 retried tries of the next.
         a.faults.inject("auth", "status", status=503, count=6)
         await chain.start("cdh")
-        assert_files(chain)
+        chain.assert_files()
         assert a.faults.counters["auth"] == 7
-        failed = events(chain, "cdh", "cdh.fetch_failed", resource="model-key")
+        failed = chain.events("cdh", "cdh.fetch_failed", resource="model-key")
         assert len(failed) == 1 and f"KBS at {a.api_url} answered 503 to POST /kbs/v0/auth" in failed[0]["error"]
         metrics = await chain.metrics("cdh")
         assert metrics[retries % "auth"] == 5
@@ -265,14 +251,14 @@ async def test_5xx_bursts_absorbed_or_reported_last_good_kept(tmp_path: Path) ->
             state = (await cdh_status(chain))["model-key"]
             assert state["last_refresh_error"] is None, state
             assert (await chain.api("cdh", "/readyz"))[0] == 200
-            assert_files(chain)
+            chain.assert_files()
             return a.faults.counters["resource"] >= 6
 
         await eventually(burst_absorbed, 30, what="refreshes through a short 503 burst")
         metrics = await chain.metrics("cdh")
         assert metrics[retries % "resource"] == 3
         assert metrics.get('cai_cdh_refresh_failures_total{resource="model-key"}', 0) == 0
-        assert not events(chain, "cdh", "cdh.refresh_failed")
+        assert not chain.events("cdh", "cdh.refresh_failed")
 
         # A burst longer than the retry budget (2 refreshes x 4 tries): the refresh fails visibly,
         # the last good value stays on disk and the daemon stays ready; the next refresh recovers.
@@ -281,14 +267,14 @@ async def test_5xx_bursts_absorbed_or_reported_last_good_kept(tmp_path: Path) ->
         assert f"KBS at {a.api_url} answered 503 to GET /kbs/v0/resource" in error, error
 
         async def recovered() -> bool:
-            assert_files(chain)
+            chain.assert_files()
             return a.faults.pending() == [] and (await cdh_status(chain))["model-key"]["last_refresh_error"] is None
 
         await eventually(recovered, 40, what="recovery after the burst")
-        failed = events(chain, "cdh", "cdh.refresh_failed", resource="model-key")
+        failed = chain.events("cdh", "cdh.refresh_failed", resource="model-key")
         assert len(failed) == 2 and all(e["kept_last_good"] and "503" in e["error"] for e in failed)
         metrics = await chain.metrics("cdh")
         assert metrics['cai_cdh_refresh_failures_total{resource="model-key"}'] == 2
         assert (await chain.api("cdh", "/readyz"))[0] == 200
-        assert_files(chain)
+        chain.assert_files()
         assert_nothing_leaked(chain, ("aa", "cdh"))
