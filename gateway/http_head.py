@@ -8,7 +8,7 @@ upstream and drop the hop-by-hop ``Proxy-*`` headers). Bounded, strict, raises `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 MAX_HEAD = 64 * 1024
 _HOP_BY_HOP = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
@@ -46,8 +46,8 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-def parse_proxy_request(head: bytes) -> ProxyRequest:
-    """Parse a complete request head (up to and including the blank line)."""
+def _request_line(head: bytes) -> tuple[str, str, str, list[bytes]]:
+    """Method, target and version of a complete head, and its lines (request line first)."""
     if len(head) > MAX_HEAD or not head.endswith(b"\r\n\r\n"):
         raise ProxyRequestError("request head is incomplete or larger than 64 KiB")
     lines = head[:-4].split(b"\r\n")
@@ -57,13 +57,23 @@ def parse_proxy_request(head: bytes) -> ProxyRequest:
         raise ProxyRequestError("request line is not 'METHOD target HTTP/1.x'") from None
     if version not in ("HTTP/1.1", "HTTP/1.0") or not method.isalpha():
         raise ProxyRequestError("request line is not 'METHOD target HTTP/1.x'")
+    return method, target, version, lines
+
+
+def _split_url(target: str) -> SplitResult:
+    try:
+        return urlsplit(target)
+    except ValueError:  # e.g. "http://e[x/": an unbalanced IPv6 bracket
+        raise ProxyRequestError("request target is not a valid URL") from None
+
+
+def parse_proxy_request(head: bytes) -> ProxyRequest:
+    """Parse a complete request head (up to and including the blank line)."""
+    method, target, version, lines = _request_line(head)
     if method == "CONNECT":
         host, port = _host_port(target, 443)
         return ProxyRequest(method, host, port, True, b"")
-    try:
-        parts = urlsplit(target)
-    except ValueError:  # e.g. "http://e[x/": an unbalanced IPv6 bracket
-        raise ProxyRequestError("request target is not a valid URL") from None
+    parts = _split_url(target)
     if parts.scheme != "http" or not parts.netloc:
         raise ProxyRequestError("a proxy request needs an absolute http:// target or CONNECT")
     host, port = _host_port(parts.netloc, 80)
@@ -86,20 +96,9 @@ class OriginRequest:
 
 def parse_origin_request(head: bytes) -> OriginRequest:
     """An origin-form (``GET /path HTTP/1.1``) or absolute-form head, as method, path and header fields."""
-    if len(head) > MAX_HEAD or not head.endswith(b"\r\n\r\n"):
-        raise ProxyRequestError("request head is incomplete or larger than 64 KiB")
-    lines = head[:-4].split(b"\r\n")
-    try:
-        method, target, version = lines[0].decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError):
-        raise ProxyRequestError("request line is not 'METHOD target HTTP/1.x'") from None
-    if version not in ("HTTP/1.1", "HTTP/1.0") or not method.isalpha():
-        raise ProxyRequestError("request line is not 'METHOD target HTTP/1.x'")
+    method, target, _version, lines = _request_line(head)
     if not target.startswith("/"):
-        try:
-            parts = urlsplit(target)
-        except ValueError:  # an unbalanced IPv6 bracket
-            raise ProxyRequestError("request target is not a valid URL") from None
+        parts = _split_url(target)
         if parts.scheme != "http":
             raise ProxyRequestError("request target must be origin-form or http:// absolute-form")
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
